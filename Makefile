@@ -1,0 +1,51 @@
+# Every target creates the virtualenv on first use, so a fresh clone needs
+# only `make demo` or `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 5000
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test test-fast lint format docs demo bench browser clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Debian's chromium for the browser tests (Playwright drives the system browser;
+# no browser download works here). Skipped quietly when apt is not available.
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	    echo "chromium not installed: browser tests will be skipped"; }
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+demo: $(STAMP)
+	PORT=$(PORT) $(BIN)/python -m example_app
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/capture_overhead.py --objects 10000
+	$(BIN)/python benchmarks/delivery_throughput.py --deliveries 2000 --queue sqlite
+	$(BIN)/python benchmarks/latency.py --events 300 --queue sqlite
+	$(BIN)/python benchmarks/memory.py
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache instance
