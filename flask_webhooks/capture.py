@@ -1,0 +1,599 @@
+"""Session listeners: collect changes, coalesce them, write outbox rows.
+
+How a transaction flows through here:
+
+1. ``before_flush``: every new, really-modified or deleted instance of a
+   registered model that some enabled webhook listens to is appended to the
+   transaction's *journal* (creates as a reference, updates with the column
+   values before the change, deletes serialized now, while the row exists).
+2. Savepoints record the journal length when they begin; rolling one back
+   truncates the journal to it. A rollback or a close without commit drops it.
+3. ``before_commit`` (outermost transaction only): flush, coalesce the journal
+   into one event per object with its final state, serialize each object once,
+   match webhooks, and insert every delivery row of the commit with one
+   executemany, in the user's transaction (transactional outbox).
+4. ``after_commit``: hand the new delivery ids to the queue.
+
+Nothing here may break the user's commit: errors are logged, or recorded on
+the delivery rows as ``failed``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import typing as t
+import uuid
+import warnings
+from dataclasses import dataclass
+from dataclasses import field
+
+import sqlalchemy as sa
+from flask import current_app
+from flask import g
+from flask import has_app_context
+from flask import has_request_context
+from flask import request
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from sqlalchemy.orm import SessionTransaction
+from sqlalchemy.orm.attributes import PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.state import InstanceState
+
+from . import models as m
+from .payload import dumps
+from .payload import envelope
+from .payload import render_body
+
+if t.TYPE_CHECKING:
+    from .extension import WebhooksState
+    from .index import Index
+    from .registry import Registration
+
+logger = logging.getLogger("flask_webhooks.capture")
+
+_INFO_KEY = "flask_webhooks"
+_DIRECT_COLLECTION = "flask_webhooks.collection_changed"
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    op: str
+    reg: Registration
+    obj: t.Any
+    state: InstanceState[t.Any]
+    pre: dict[str, t.Any] | None = None
+    data: t.Any = None
+    error: str | None = None
+    collection_changed: bool = False
+    dump_later: bool = False
+
+
+@dataclass(eq=False)
+class _Transaction:
+    """Per-session capture state for the outermost transaction."""
+
+    ext: WebhooksState
+    index: Index
+    journal: list[_Entry] = field(default_factory=list)
+    marks: dict[SessionTransaction, int] = field(default_factory=dict)
+    deleted: set[InstanceState[t.Any]] = field(default_factory=set)
+    to_enqueue: list[str] = field(default_factory=list)
+
+
+# -- listener registration ---------------------------------------------------
+
+
+def install_session_listeners(session_cls: t.Any) -> None:
+    """Attach the capture listeners to a session class (or scoped_session)."""
+    for name, fn in (
+        ("after_transaction_create", _after_transaction_create),
+        ("before_flush", _before_flush),
+        ("after_flush_postexec", _after_flush_postexec),
+        ("after_rollback", _after_rollback),
+        ("after_transaction_end", _after_transaction_end),
+        ("before_commit", _before_commit),
+        ("after_commit", _after_commit),
+        ("do_orm_execute", _do_orm_execute),
+    ):
+        if not event.contains(session_cls, name, fn):
+            event.listen(session_cls, name, fn)
+
+
+def install_model_listeners(reg: Registration) -> None:
+    """Attribute and mapper listeners a registered model needs.
+
+    * Column attributes get ``active_history`` so the old value is known even
+      on an expired instance: an update of a column to its current value is
+      then no change at all.
+    * Collections mark their owner when changed directly (not through a
+      backref), so ``site.tags.append(tag)`` updates the site, not the tag.
+    * ``after_delete`` catches deletes the flush decides itself (orphans).
+    """
+    model = reg.model
+    for key, _ in reg.columns:
+        attr = getattr(model, key)
+        if not event.contains(attr, "set", _noop_set):
+            event.listen(attr, "set", _noop_set, active_history=True)
+    for key in reg.collections:
+        attr = getattr(model, key)
+        listener = _collection_listener(key)
+        for name in ("append", "remove"):
+            event.listen(attr, name, listener, raw=True)
+    if not event.contains(model, "after_delete", _after_delete):
+        event.listen(model, "after_delete", _after_delete, propagate=True)
+
+
+def _noop_set(target: t.Any, value: t.Any, oldvalue: t.Any, initiator: t.Any) -> None:
+    return None
+
+
+def _collection_listener(key: str) -> t.Callable[..., None]:
+    def listener(state: InstanceState[t.Any], value: t.Any, initiator: t.Any) -> None:
+        if initiator is not None and initiator.impl is state.manager[key].impl:
+            state.info[_DIRECT_COLLECTION] = True
+
+    return listener
+
+
+# -- transaction bookkeeping -------------------------------------------------
+
+
+def _ext_for(session: Session) -> WebhooksState | None:
+    if not has_app_context():
+        return None
+    ext: WebhooksState | None = current_app.extensions.get("webhooks")
+    if ext is None or not ext.enabled:
+        return None
+    # Listeners sit on the Flask-SQLAlchemy session class of one ``db``.
+    if getattr(session, "_db", None) is not ext.db:
+        return None
+    return ext
+
+
+def _tx(session: Session, create: bool = True) -> _Transaction | None:
+    tx: _Transaction | None = session.info.get(_INFO_KEY)
+    if tx is not None or not create:
+        return tx
+    ext = _ext_for(session)
+    if ext is None:
+        return None
+    try:
+        index = ext.index(session)
+    except Exception:
+        logger.exception("flask-webhooks: could not load the webhook index")
+        return None
+    tx = _Transaction(ext, index)
+    session.info[_INFO_KEY] = tx
+    # Savepoints begun before we started capturing get a mark at the start.
+    nested = session.get_nested_transaction()
+    while nested is not None and nested.nested:
+        tx.marks[nested] = 0
+        nested = nested.parent
+    return tx
+
+
+def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        tx = _tx(session, create=False)
+        if tx is not None:
+            tx.marks[transaction] = len(tx.journal)
+
+
+def _after_rollback(session: Session) -> None:
+    tx = _tx(session, create=False)
+    if tx is None:
+        return
+    if session.in_nested_transaction():
+        nested = session.get_nested_transaction()
+        mark = tx.marks.get(nested) if nested is not None else None
+        if mark is not None:
+            _truncate(tx, mark)
+            return
+    session.info.pop(_INFO_KEY, None)
+
+
+def _truncate(tx: _Transaction, mark: int) -> None:
+    for entry in tx.journal[mark:]:
+        if entry.op == m.DELETED:
+            tx.deleted.discard(entry.state)
+    del tx.journal[mark:]
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        # Outermost transaction over: committed (handled) or abandoned.
+        session.info.pop(_INFO_KEY, None)
+        return
+    if transaction.nested:
+        tx = _tx(session, create=False)
+        if tx is not None:
+            tx.marks.pop(transaction, None)
+
+
+# -- collecting --------------------------------------------------------------
+
+
+def _interested(tx: _Transaction, obj: t.Any) -> Registration | None:
+    reg = tx.ext.registry.for_class(type(obj))
+    if reg is None or reg.name not in tx.index.models:
+        return None
+    return reg
+
+
+def _before_flush(session: Session, flush_context: t.Any, instances: t.Any) -> None:
+    registry_lookup = None
+    tx = None
+    for obj in session.new:
+        if tx is None:
+            ext = _ext_for(session)
+            if ext is None:
+                return
+            registry_lookup = ext.registry.for_class
+            if registry_lookup(type(obj)) is None:
+                continue
+            tx = _tx(session)
+            if tx is None:
+                return
+        reg = _interested(tx, obj)
+        if reg is not None:
+            tx.journal.append(_Entry(m.CREATED, reg, obj, sa.inspect(obj)))
+    for obj in session.dirty:
+        state: InstanceState[t.Any] = sa.inspect(obj)
+        direct = state.info.pop(_DIRECT_COLLECTION, False)
+        if tx is None:
+            ext = _ext_for(session)
+            if ext is None:
+                return
+            if ext.registry.for_class(type(obj)) is None:
+                continue
+            tx = _tx(session)
+            if tx is None:
+                return
+        reg = _interested(tx, obj)
+        if reg is None:
+            continue
+        pre = _update_prechange(reg, state, direct)
+        if pre is not None:
+            tx.journal.append(
+                _Entry(m.UPDATED, reg, obj, state, pre=pre, collection_changed=direct)
+            )
+    for obj in session.deleted:
+        if tx is None:
+            ext = _ext_for(session)
+            if ext is None:
+                return
+            if ext.registry.for_class(type(obj)) is None:
+                continue
+            tx = _tx(session)
+            if tx is None:
+                return
+        reg = _interested(tx, obj)
+        if reg is None:
+            continue
+        state = sa.inspect(obj)
+        entry = _Entry(m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state))
+        _dump_into(entry)
+        tx.journal.append(entry)
+        tx.deleted.add(state)
+
+
+def _update_prechange(
+    reg: Registration, state: InstanceState[t.Any], direct_collection: bool
+) -> dict[str, t.Any] | None:
+    """Column values before this flush, or None when nothing really changed."""
+    changed = direct_collection
+    old: dict[str, t.Any] = {}
+    manager = state.manager
+    for key in state.committed_state:
+        impl = manager[key].impl
+        history = impl.get_history(state, state.dict, PASSIVE_NO_INITIALIZE)
+        if not (history.added or history.deleted):
+            continue
+        if key in reg.collections:
+            continue  # counted only when changed directly (see listeners)
+        changed = True
+        if history.deleted:
+            old[key] = history.deleted[0]
+    if not changed:
+        return None
+    pre = reg.snapshot(state.obj())
+    for key, value in old.items():
+        if key in pre:
+            pre[key] = value
+    return pre
+
+
+def _committed_snapshot(reg: Registration, state: InstanceState[t.Any]) -> dict[str, t.Any]:
+    pre = reg.snapshot(state.obj())
+    manager = state.manager
+    for key in state.committed_state:
+        if key in pre:
+            history = manager[key].impl.get_history(
+                state, state.dict, PASSIVE_NO_INITIALIZE
+            )
+            if history.deleted:
+                pre[key] = history.deleted[0]
+    return pre
+
+
+def _dump_into(entry: _Entry) -> None:
+    try:
+        entry.data = entry.reg.dump(entry.obj)
+    except Exception as e:
+        logger.exception(
+            "flask-webhooks: schema for %r failed to serialize an object", entry.reg.name
+        )
+        entry.error = f"serialization failed: {type(e).__name__}: {e}"
+
+
+def _after_delete(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
+    """Deletes the flush decided itself (delete-orphan) reach us only here."""
+    session = sa.orm.object_session(target)
+    if session is None:
+        return
+    tx = _tx(session, create=False)
+    state: InstanceState[t.Any] = sa.inspect(target)
+    if tx is None or state in tx.deleted:
+        return
+    reg = _interested(tx, target)
+    if reg is None:
+        return
+    entry = _Entry(m.DELETED, reg, target, state, pre=reg.snapshot(target), dump_later=True)
+    tx.journal.append(entry)
+    tx.deleted.add(state)
+
+
+def _after_flush_postexec(session: Session, flush_context: t.Any) -> None:
+    tx = _tx(session, create=False)
+    if tx is None:
+        return
+    for entry in reversed(tx.journal):
+        if not entry.dump_later:
+            break
+        entry.dump_later = False
+        _dump_into(entry)
+
+
+_bulk_warned: set[str] = set()
+
+
+def _do_orm_execute(orm_execute_state: t.Any) -> None:
+    if not (
+        orm_execute_state.is_update
+        or orm_execute_state.is_delete
+        or (orm_execute_state.is_insert and orm_execute_state.is_orm_statement)
+    ):
+        return
+    mapper = orm_execute_state.bind_mapper
+    session = orm_execute_state.session
+    ext = _ext_for(session)
+    if ext is None or mapper is None:
+        return
+    reg = ext.registry.for_class(mapper.class_)
+    if reg is None or reg.name in _bulk_warned:
+        return
+    _bulk_warned.add(reg.name)
+    warnings.warn(
+        f"flask-webhooks: a bulk statement on registered model {reg.name!r} "
+        "bypasses per-object events; it produces no webhook events. Change "
+        "objects through the session (add, attribute sets, delete) instead.",
+        BulkStatementWarning,
+        stacklevel=4,
+    )
+
+
+class BulkStatementWarning(UserWarning):
+    """A bulk ``update()``/``delete()``/``insert()`` touched a registered model."""
+
+
+# -- committing --------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Final:
+    op: str | None
+    entry: _Entry
+    pre: dict[str, t.Any] | None
+    collection_changed: bool
+
+
+def _coalesce(journal: list[_Entry]) -> list[_Final]:
+    """One event per object: its net effect over the transaction."""
+    finals: dict[InstanceState[t.Any], _Final] = {}
+    for e in journal:
+        f = finals.get(e.state)
+        if f is None:
+            finals[e.state] = _Final(e.op, e, e.pre, e.collection_changed)
+            continue
+        if e.op == m.UPDATED:
+            if f.op is None:  # deleted in a savepoint-free way, then re-added
+                f.op = m.UPDATED
+            f.collection_changed = f.collection_changed or e.collection_changed
+            if f.op != m.DELETED:
+                f.entry = e if f.op == m.UPDATED else f.entry
+        elif e.op == m.DELETED:
+            f.op = None if f.op == m.CREATED else m.DELETED
+            f.entry = e
+        else:  # created again after a delete in the same transaction
+            f.op = m.UPDATED if f.op == m.DELETED else m.CREATED
+            f.entry = e
+    return [f for f in finals.values() if f.op is not None]
+
+
+def _object_id(state: InstanceState[t.Any]) -> str:
+    key = state.key
+    if key is None:
+        key = state.mapper.identity_key_from_instance(state.obj())
+    values = key[1]
+    return ",".join(str(v) for v in values)[:255]
+
+
+def _before_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
+    tx = _tx(session, create=False)
+    if tx is None and not session._is_clean():
+        # Changes not flushed yet: let the flush collect them first.
+        session.flush()
+        tx = _tx(session, create=False)
+    elif tx is not None:
+        session.flush()
+    if tx is None or not tx.journal:
+        return
+    try:
+        rows = _build_rows(session, tx)
+        if rows:
+            tx.ext.write_outbox(session, rows)
+            tx.to_enqueue.extend(r["id"] for r in rows if r["status"] == m.PENDING)
+    except Exception:
+        logger.exception(
+            "flask-webhooks: failed to record deliveries; the commit goes on"
+        )
+    tx.journal.clear()
+
+
+def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
+    now = m.utcnow()
+    timestamp = now.isoformat()
+    request_id = current_request_id() or str(uuid.uuid4())
+    username = tx.ext.username()
+    index = tx.index
+    rows: list[dict[str, t.Any]] = []
+    for final in _coalesce(tx.journal):
+        entry = final.entry
+        reg = entry.reg
+        hooks = index.matching(reg.name, t.cast(str, final.op))
+        if not hooks:
+            continue
+        obj = entry.obj
+        error = None
+        if final.op == m.DELETED:
+            data, error = entry.data, entry.error
+            prechange, postchange = final.pre, None
+        else:
+            postchange = reg.snapshot(obj)
+            prechange = final.pre if final.op == m.UPDATED else None
+            if (
+                final.op == m.UPDATED
+                and not final.collection_changed
+                and prechange == postchange
+            ):
+                continue  # changed and changed back: no net change
+            try:
+                data = reg.dump(obj)
+            except Exception as e:
+                logger.exception(
+                    "flask-webhooks: schema for %r failed to serialize an object", reg.name
+                )
+                data, error = None, f"serialization failed: {type(e).__name__}: {e}"
+        object_id = _object_id(entry.state)
+        base = {
+            "event": final.op,
+            "model": reg.name,
+            "object_id": object_id,
+            "request_id": request_id,
+            "username": username[:255] if username else None,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "next_attempt_at": now,
+        }
+        if error is not None:
+            for hook in hooks:
+                rows.append(_row(base, hook, m.FAILED, error=error, now=now))
+            continue
+        payload = envelope(
+            event=t.cast(str, final.op),
+            timestamp=timestamp,
+            model=reg.name,
+            username=username,
+            request_id=request_id,
+            data=data,
+            prechange=prechange,
+            postchange=postchange,
+        )
+        snapshots = payload["snapshots"]
+        default_json: bytes | None = None
+        payload_json: str | None = None
+        for hook in hooks:
+            if not hook.matches(data, snapshots):
+                continue
+            try:
+                body, is_default = render_body(hook.row, payload, default_json)
+            except Exception as e:
+                rows.append(
+                    _row(base, hook, m.FAILED, error=f"body template error: {e}", now=now)
+                )
+                continue
+            if is_default:
+                default_json = body
+                extra = None
+            else:
+                if payload_json is None:
+                    payload_json = dumps(payload)
+                extra = payload_json
+            rows.append(_row(base, hook, m.PENDING, body=body, payload=extra, now=now))
+    return rows
+
+
+def _row(
+    base: dict[str, t.Any],
+    hook: t.Any,
+    status: str,
+    *,
+    now: dt.datetime,
+    body: bytes = b"",
+    payload: str | None = None,
+    error: str | None = None,
+) -> dict[str, t.Any]:
+    row = dict(base)
+    row.update(
+        id=str(uuid.uuid4()),
+        webhook_id=hook.id,
+        webhook_name=hook.name,
+        status=status,
+        body=body,
+        payload=payload,
+        content_type=hook.content_type,
+        last_error=error,
+        completed_at=now if status == m.FAILED else None,
+    )
+    return row
+
+
+def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return
+    tx = session.info.pop(_INFO_KEY, None)
+    if tx is None or not tx.to_enqueue:
+        return
+    try:
+        tx.ext.enqueue(tx.to_enqueue)
+    except Exception:
+        # The rows are committed: the sweeper will find them.
+        logger.exception(
+            "flask-webhooks: enqueue after commit failed; sweep() will retry"
+        )
+
+
+# -- request context values --------------------------------------------------
+
+
+def current_request_id() -> str | None:
+    """The request id of the current HTTP request (None outside requests).
+
+    A valid UUID in the ``X-Request-ID`` header is used as is; otherwise one is
+    made per request.
+    """
+    if not has_request_context():
+        return None
+    rid: str | None = g.get("_webhooks_request_id")
+    if rid is None:
+        header = request.headers.get("X-Request-ID", "")
+        try:
+            rid = str(uuid.UUID(header.strip()))
+        except ValueError:
+            rid = str(uuid.uuid4())
+        g._webhooks_request_id = rid
+    return rid

@@ -1,0 +1,141 @@
+"""The enabled-webhook index consulted at capture time.
+
+Built from the ``webhooks_webhook`` rows and cached per process. Each
+committing transaction that touches a registered model checks it with one
+small query (ids and ``updated_at`` of enabled webhooks) and reloads the
+rows only when that changed, so capture never runs a query per object.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import typing as t
+from dataclasses import dataclass
+from dataclasses import field
+
+import sqlalchemy as sa
+
+from . import models as m
+
+if t.TYPE_CHECKING:
+    from .conditions import ConditionSet
+
+logger = logging.getLogger("flask_webhooks.index")
+
+_EVENT_FLAGS = ((m.CREATED, "on_create"), (m.UPDATED, "on_update"), (m.DELETED, "on_delete"))
+
+
+@dataclass(eq=False)
+class Hook:
+    """An enabled webhook as capture sees it (a plain row, no ORM object)."""
+
+    row: t.Any
+    conditions: ConditionSet | None
+    broken: str | None = None
+
+    @property
+    def id(self) -> int:
+        return int(self.row.id)
+
+    @property
+    def name(self) -> str:
+        return str(self.row.name)
+
+    @property
+    def content_type(self) -> str:
+        return str(self.row.http_content_type or "application/json")
+
+    def matches(self, data: t.Any, snapshots: t.Mapping[str, t.Any]) -> bool:
+        """Whether the condition set (if any) accepts this event."""
+        if self.conditions is None:
+            return True
+        try:
+            return bool(self.conditions.eval(data, snapshots=snapshots))
+        except Exception:
+            logger.exception("flask-webhooks: conditions of %r failed", self.name)
+            return False
+
+
+@dataclass(eq=False)
+class Index:
+    """Enabled webhooks by (model name, event)."""
+
+    signature: tuple[t.Any, ...] = ()
+    hooks: dict[tuple[str, str], list[Hook]] = field(default_factory=dict)
+    #: model names at least one enabled webhook listens to, for any event.
+    models: frozenset[str] = frozenset()
+
+    def matching(self, model: str, event: str) -> list[Hook]:
+        return self.hooks.get((model, event), [])
+
+    @classmethod
+    def build(cls, signature: tuple[t.Any, ...], rows: t.Iterable[t.Any]) -> Index:
+        from .conditions import ConditionSet
+
+        hooks: dict[tuple[str, str], list[Hook]] = {}
+        for row in rows:
+            conditions = None
+            if row.conditions not in (None, "", {}):
+                try:
+                    conditions = ConditionSet(row.conditions)
+                except ValueError as e:
+                    # Saved before validation existed, or edited in SQL.
+                    logger.error(
+                        "flask-webhooks: webhook %r has invalid conditions (%s); "
+                        "it matches nothing until fixed",
+                        row.name,
+                        e,
+                    )
+                    continue
+            hook = Hook(row, conditions)
+            for model in row.models or ():
+                for event_name, flag in _EVENT_FLAGS:
+                    if getattr(row, flag):
+                        hooks.setdefault((model, event_name), []).append(hook)
+        models = frozenset(model for model, _ in hooks)
+        return cls(signature, hooks, models)
+
+
+class IndexCache:
+    """Per-process cache of the :class:`Index`, checked once per transaction."""
+
+    def __init__(self, table: sa.Table) -> None:
+        self.table = table
+        self._lock = threading.Lock()
+        self._index = Index()
+        self._verified: set[t.Any] = set()
+        self._signature_query = (
+            sa.select(table.c.id, table.c.updated_at)
+            .where(table.c.enabled == sa.true())
+            .order_by(table.c.id)
+        )
+        self._rows_query = (
+            sa.select(table).where(table.c.enabled == sa.true()).order_by(table.c.id)
+        )
+
+    def get(self, connection: sa.Connection) -> Index:
+        """The current index, read through ``connection`` (the user's transaction)."""
+        engine = connection.engine
+        if engine in self._verified or connection.dialect.name == "sqlite":
+            signature = tuple(tuple(r) for r in connection.execute(self._signature_query))
+        else:
+            # Until the table is known to exist, guard the query with a savepoint
+            # so a missing table cannot abort the user's transaction.
+            with connection.begin_nested():
+                signature = tuple(
+                    tuple(r) for r in connection.execute(self._signature_query)
+                )
+            self._verified.add(engine)
+        index = self._index
+        if signature == index.signature and (signature or not index.hooks):
+            return index
+        rows = connection.execute(self._rows_query).all()
+        index = Index.build(signature, rows)
+        with self._lock:
+            self._index = index
+        return index
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._index = Index()

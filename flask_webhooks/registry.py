@@ -1,0 +1,183 @@
+"""Registered models: which mapped classes produce events, under which name,
+dumped by which marshmallow schema.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from dataclasses import dataclass
+from dataclasses import field
+
+import marshmallow as ma
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import RelationshipProperty
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm import ColumnProperty
+
+
+@dataclass(eq=False)
+class Registration:
+    """One registered model.
+
+    :param model: the mapped class.
+    :param name: the model name used in payloads and in ``Webhook.models``.
+    :param schema: the marshmallow schema instance that dumps ``data``.
+    """
+
+    model: type[t.Any]
+    name: str
+    schema: ma.Schema
+    mapper: Mapper[t.Any] = field(repr=False)
+    #: (attribute key, column key) of every mapped column, for snapshots.
+    columns: tuple[tuple[str, str], ...] = field(repr=False, default=())
+    #: attribute keys of collection relationships (one-to-many, many-to-many).
+    collections: frozenset[str] = field(repr=False, default=frozenset())
+
+    def snapshot(self, obj: t.Any) -> dict[str, t.Any]:
+        """Raw mapped column values of ``obj``, keyed by attribute name."""
+        return {key: getattr(obj, key) for key, _ in self.columns}
+
+    def dump(self, obj: t.Any) -> t.Any:
+        """Serialize ``obj`` with the registered schema."""
+        return self.schema.dump(obj)
+
+
+class Registry:
+    """Maps model classes and names to their :class:`Registration`."""
+
+    def __init__(self) -> None:
+        self._by_class: dict[type[t.Any], Registration] = {}
+        self._by_name: dict[str, Registration] = {}
+        # Lookups for subclasses are cached; None caches "not registered".
+        self._lookup: dict[type[t.Any], Registration | None] = {}
+
+    def __iter__(self) -> t.Iterator[Registration]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def names(self) -> list[str]:
+        """Registered model names, sorted."""
+        return sorted(self._by_name)
+
+    def by_name(self, name: str) -> Registration | None:
+        return self._by_name.get(name)
+
+    def for_class(self, cls: type[t.Any]) -> Registration | None:
+        """The registration for ``cls`` or its nearest registered base class."""
+        try:
+            return self._lookup[cls]
+        except KeyError:
+            pass
+        found = None
+        for base in cls.__mro__:
+            found = self._by_class.get(base)
+            if found is not None:
+                break
+        self._lookup[cls] = found
+        return found
+
+    def add(
+        self,
+        model: type[t.Any],
+        *,
+        schema: type[ma.Schema] | ma.Schema | None = None,
+        name: str | None = None,
+    ) -> Registration:
+        """Register ``model``; see :meth:`flask_webhooks.Webhooks.register`."""
+        try:
+            mapper = sa.inspect(model)
+        except sa.exc.NoInspectionAvailable:
+            raise TypeError(
+                f"register() needs a mapped model class, got {model!r}"
+            ) from None
+        if not isinstance(mapper, Mapper):
+            raise TypeError(f"register() needs a mapped model class, got {model!r}")
+        if name is None:
+            name = model.__name__.lower()
+        if not name or not isinstance(name, str):
+            raise ValueError("register(): 'name' must be a non-empty string")
+        if model in self._by_class:
+            raise ValueError(
+                f"{model.__name__} is already registered as {self._by_class[model].name!r}"
+            )
+        if name in self._by_name:
+            raise ValueError(
+                f"the model name {name!r} is already used by "
+                f"{self._by_name[name].model.__name__}; pass name= to register()"
+            )
+        if schema is None:
+            schema_obj: ma.Schema = auto_schema(model)()
+        elif isinstance(schema, type) and issubclass(schema, ma.Schema):
+            schema_obj = schema()
+        elif isinstance(schema, ma.Schema):
+            schema_obj = schema
+        else:
+            raise TypeError(
+                f"register(): 'schema' must be a marshmallow Schema class or instance, got {schema!r}"
+            )
+        columns = tuple(
+            (prop.key, prop.columns[0].key)
+            for prop in mapper.column_attrs
+            if _is_plain_column(prop)
+        )
+        collections = frozenset(
+            rel.key
+            for rel in mapper.relationships
+            if isinstance(rel, RelationshipProperty) and rel.uselist
+        )
+        reg = Registration(model, name, schema_obj, mapper, columns, collections)
+        self._by_class[model] = reg
+        self._by_name[name] = reg
+        self._lookup.clear()
+        return reg
+
+
+def _is_plain_column(prop: ColumnProperty[t.Any]) -> bool:
+    return all(isinstance(c, sa.Column) for c in prop.columns)
+
+
+def auto_schema(model: type[t.Any]) -> type[ma.Schema]:
+    """Build a marshmallow-sqlalchemy auto schema for ``model``.
+
+    Foreign keys are included and relationships dump as primary keys. Column
+    types marshmallow-sqlalchemy cannot convert fall back to a raw field that
+    dumps the value as is (made JSON-safe later by the payload encoder).
+    """
+    from marshmallow_sqlalchemy import ModelConverter
+    from marshmallow_sqlalchemy import SQLAlchemyAutoSchema
+    from marshmallow_sqlalchemy.exceptions import ModelConversionError
+
+    class _Converter(ModelConverter):
+        def property2field(self, prop: t.Any, **kwargs: t.Any) -> t.Any:
+            try:
+                return super().property2field(prop, **kwargs)
+            except ModelConversionError:
+                return ma.fields.Raw(dump_only=True)
+
+        def _get_field_class_for_data_type(self, data_type: t.Any) -> t.Any:
+            try:
+                return super()._get_field_class_for_data_type(data_type)
+            except ModelConversionError:
+                return ma.fields.Raw
+
+    meta = type(
+        "Meta",
+        (),
+        {
+            "model": model,
+            "include_fk": True,
+            "include_relationships": True,
+            "load_instance": False,
+            "register": False,
+            "model_converter": _Converter,
+        },
+    )
+    return type(
+        f"{model.__name__}AutoSchema",
+        (SQLAlchemyAutoSchema,),
+        {"Meta": meta, "__module__": __name__},
+    )
