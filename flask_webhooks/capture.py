@@ -37,7 +37,7 @@ from flask import request
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import SessionTransaction
-from sqlalchemy.orm.attributes import PASSIVE_NO_INITIALIZE
+from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.state import InstanceState
 
 from . import models as m
@@ -173,7 +173,9 @@ def _tx(session: Session, create: bool = True) -> _Transaction | None:
     return tx
 
 
-def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+def _after_transaction_create(
+    session: Session, transaction: SessionTransaction
+) -> None:
     if transaction.nested:
         tx = _tx(session, create=False)
         if tx is not None:
@@ -304,7 +306,9 @@ def _update_prechange(
     return pre
 
 
-def _committed_snapshot(reg: Registration, state: InstanceState[t.Any]) -> dict[str, t.Any]:
+def _committed_snapshot(
+    reg: Registration, state: InstanceState[t.Any]
+) -> dict[str, t.Any]:
     pre = reg.snapshot(state.obj())
     manager = state.manager
     for key in state.committed_state:
@@ -322,7 +326,8 @@ def _dump_into(entry: _Entry) -> None:
         entry.data = entry.reg.dump(entry.obj)
     except Exception as e:
         logger.exception(
-            "flask-webhooks: schema for %r failed to serialize an object", entry.reg.name
+            "flask-webhooks: schema for %r failed to serialize an object",
+            entry.reg.name,
         )
         entry.error = f"serialization failed: {type(e).__name__}: {e}"
 
@@ -339,7 +344,9 @@ def _after_delete(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
     reg = _interested(tx, target)
     if reg is None:
         return
-    entry = _Entry(m.DELETED, reg, target, state, pre=reg.snapshot(target), dump_later=True)
+    entry = _Entry(
+        m.DELETED, reg, target, state, pre=reg.snapshot(target), dump_later=True
+    )
     tx.journal.append(entry)
     tx.deleted.add(state)
 
@@ -484,7 +491,8 @@ def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
                 data = reg.dump(obj)
             except Exception as e:
                 logger.exception(
-                    "flask-webhooks: schema for %r failed to serialize an object", reg.name
+                    "flask-webhooks: schema for %r failed to serialize an object",
+                    reg.name,
                 )
                 data, error = None, f"serialization failed: {type(e).__name__}: {e}"
         object_id = _object_id(entry.state)
@@ -523,7 +531,9 @@ def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
                 body, is_default = render_body(hook.row, payload, default_json)
             except Exception as e:
                 rows.append(
-                    _row(base, hook, m.FAILED, error=f"body template error: {e}", now=now)
+                    _row(
+                        base, hook, m.FAILED, error=f"body template error: {e}", now=now
+                    )
                 )
                 continue
             if is_default:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import typing as t
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
+if t.TYPE_CHECKING:
+    from .extension import WebhooksState
+
 webhooks_cli = AppGroup("webhooks", help="Webhook deliveries, workers and maintenance.")
 
 
-def _state():  # type: ignore[no-untyped-def]
-    return current_app.extensions["webhooks"]
+def _state() -> WebhooksState:
+    return t.cast("WebhooksState", current_app.extensions["webhooks"])
 
 
 @webhooks_cli.command("sweep")
@@ -31,9 +36,7 @@ def secret_command() -> None:
 
 @webhooks_cli.command("worker")
 @click.option("--workers", "-w", default=4, show_default=True, help="Worker count.")
-@click.option(
-    "--processes", is_flag=True, help="Use processes instead of threads."
-)
+@click.option("--processes", is_flag=True, help="Use processes instead of threads.")
 def worker_command(workers: int, processes: bool) -> None:
     """Run a dedicated delivery worker (Huey consumer with the app loaded).
 

@@ -71,12 +71,18 @@ def retry_delay(
 
 
 def claim(
-    conn: sa.Connection, table: sa.Table, delivery_id: str, now: dt.datetime, lease: float
+    conn: sa.Connection,
+    table: sa.Table,
+    delivery_id: str,
+    now: dt.datetime,
+    lease: float,
 ) -> bool:
     """Atomically take the delivery for one attempt; False if someone else has it
     or it is not due."""
     c = table.c
-    due = sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now + dt.timedelta(seconds=1))
+    due = sa.or_(
+        c.next_attempt_at.is_(None), c.next_attempt_at <= now + dt.timedelta(seconds=1)
+    )
     stmt = (
         sa.update(table)
         .where(c.id == delivery_id)
@@ -96,7 +102,9 @@ def claim(
     return conn.execute(stmt).rowcount == 1
 
 
-def deliver(ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = None) -> Outcome:
+def deliver(
+    ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = None
+) -> Outcome:
     """Make one attempt of ``delivery_id`` (call inside an app context)."""
     D = ext.models.Delivery.__table__
     W = ext.models.Webhook.__table__
@@ -111,7 +119,9 @@ def deliver(ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = N
         row = conn.execute(sa.select(D).where(D.c.id == delivery_id)).one()
         hook = None
         if row.webhook_id is not None:
-            hook = conn.execute(sa.select(W).where(W.c.id == row.webhook_id)).one_or_none()
+            hook = conn.execute(
+                sa.select(W).where(W.c.id == row.webhook_id)
+            ).one_or_none()
     attempt_no = row.attempts
     if hook is not None and hook.timeout and float(hook.timeout) > cfg.timeout:
         # This webhook may take longer than the lease allows: extend it.
@@ -128,7 +138,9 @@ def deliver(ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = N
             )
     started = m.utcnow()
     if hook is None:
-        return _finish_without_sending(ext, row, m.FAILED, "webhook was deleted", started)
+        return _finish_without_sending(
+            ext, row, m.FAILED, "webhook was deleted", started
+        )
     if not hook.enabled:
         reason = "webhook is disabled" + (
             f": {hook.disabled_reason}" if hook.disabled_reason else ""
@@ -153,11 +165,15 @@ def deliver(ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = N
     elif not result.retryable:
         status = m.FAILED
     else:
-        retry_in = retry_delay(cfg.retry_schedule, attempt_no, retry_after=result.retry_after)
+        retry_in = retry_delay(
+            cfg.retry_schedule, attempt_no, retry_after=result.retry_after
+        )
         status = m.RETRYING if retry_in is not None else m.FAILED
     error = None if result.ok else result.error
     finished = m.utcnow()
-    next_at = finished + dt.timedelta(seconds=retry_in) if retry_in is not None else None
+    next_at = (
+        finished + dt.timedelta(seconds=retry_in) if retry_in is not None else None
+    )
 
     with engine.begin() as conn:
         conn.execute(
@@ -202,10 +218,14 @@ def deliver(ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = N
     return Outcome(row.id, True, status, retry_in, result)
 
 
-def build_request(ext: WebhooksState, row: t.Any, hook: t.Any, attempt: int) -> HTTPRequest:
+def build_request(
+    ext: WebhooksState, row: t.Any, hook: t.Any, attempt: int
+) -> HTTPRequest:
     """The HTTP request for one attempt, signed for this attempt."""
     body: bytes = row.body or b""
-    needs_context = "{" in (hook.payload_url or "") or "{" in (hook.additional_headers or "")
+    needs_context = "{" in (hook.payload_url or "") or "{" in (
+        hook.additional_headers or ""
+    )
     context: dict[str, t.Any] = {}
     if needs_context:
         payload = json.loads(row.payload if row.payload is not None else body)
@@ -220,7 +240,9 @@ def build_request(ext: WebhooksState, row: t.Any, hook: t.Any, attempt: int) -> 
     headers["X-Webhook-Attempt"] = str(attempt)
     # Signatures are set last: they win over additional headers.
     headers.update(
-        signature_headers(hook.signature_scheme or "netbox", hook.secret or "", row.id, body)
+        signature_headers(
+            hook.signature_scheme or "netbox", hook.secret or "", row.id, body
+        )
     )
     timeout = float(hook.timeout) if hook.timeout else ext.config.timeout
     verify: bool | str = bool(hook.ssl_verification)
@@ -243,7 +265,8 @@ _SECRET_HEADERS = ("x-hook-signature", "webhook-signature", "authorization")
 def _redact(headers: t.Mapping[str, str]) -> dict[str, str]:
     """Headers as stored for the admin: signatures and credentials masked."""
     return {
-        k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items()
+        k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v)
+        for k, v in headers.items()
     }
 
 
@@ -297,7 +320,10 @@ def _record_health(
             disable_reason = f"{streak} consecutive failed deliveries"
     if disable_reason is not None:
         values.update(
-            enabled=False, disabled_reason=disable_reason, disabled_at=now, updated_at=now
+            enabled=False,
+            disabled_reason=disable_reason,
+            disabled_at=now,
+            updated_at=now,
         )
     conn.execute(sa.update(W).where(W.c.id == hook.id).values(**values))
     return disable_reason
@@ -330,9 +356,7 @@ def due_ids(
     now = now or m.utcnow()
     cutoff = now - dt.timedelta(seconds=older_than)
     stmt = (
-        sa.select(D.c.id)
-        .where(due_condition(D, cutoff))
-        .order_by(D.c.next_attempt_at)
+        sa.select(D.c.id).where(due_condition(D, cutoff)).order_by(D.c.next_attempt_at)
     )
     with ext.engine().connect() as conn:
         return [r[0] for r in conn.execute(stmt)]

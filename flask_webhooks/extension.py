@@ -8,8 +8,8 @@ import typing as t
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from flask import Flask
 from flask import current_app
+from flask import Flask
 from sqlalchemy import event
 from werkzeug.utils import import_string
 
@@ -18,8 +18,8 @@ from .capture import install_model_listeners
 from .capture import install_session_listeners
 from .index import Index
 from .index import IndexCache
-from .models import Models
 from .models import build_models
+from .models import Models
 from .registry import Registration
 from .registry import Registry
 from .validation import WebhookValidationError
@@ -99,7 +99,9 @@ class Config:
         if isinstance(getter, str):
             getter = import_string(getter)
         if getter is not None and not callable(getter):
-            raise ValueError("WEBHOOKS_USERNAME_GETTER must be a callable or import path")
+            raise ValueError(
+                "WEBHOOKS_USERNAME_GETTER must be a callable or import path"
+            )
         disable = c["WEBHOOKS_DISABLE_AFTER_FAILURES"]
         denied = c["WEBHOOKS_DENIED_NETWORKS"]
         return cls(
@@ -153,7 +155,7 @@ class WebhooksState:
 
     def engine(self) -> sa.Engine:
         with self.app.app_context():
-            return t.cast(sa.Engine, self.db.engine)
+            return self.db.engine
 
     def index(self, session: Session) -> Index:
         conn = session.connection(
@@ -232,29 +234,43 @@ class WebhooksState:
             try:
                 self.enqueue([delivery_id], delay=retry_in)
             except Exception:
-                logger.exception("flask-webhooks: scheduling a retry failed; sweep() will")
+                logger.exception(
+                    "flask-webhooks: scheduling a retry failed; sweep() will"
+                )
         webhook_id = hook.id if hook is not None else None
         sends: list[tuple[t.Any, dict[str, t.Any]]] = []
         if status == m.SUCCEEDED:
             sends.append(
-                (signals.delivery_succeeded, {"delivery_id": delivery_id, "webhook_id": webhook_id})
+                (
+                    signals.delivery_succeeded,
+                    {"delivery_id": delivery_id, "webhook_id": webhook_id},
+                )
             )
         elif status == m.FAILED:
             sends.append(
                 (
                     signals.delivery_failed,
-                    {"delivery_id": delivery_id, "webhook_id": webhook_id, "error": error},
+                    {
+                        "delivery_id": delivery_id,
+                        "webhook_id": webhook_id,
+                        "error": error,
+                    },
                 )
             )
         if disabled_reason is not None:
             sends.append(
-                (signals.webhook_disabled, {"webhook_id": webhook_id, "reason": disabled_reason})
+                (
+                    signals.webhook_disabled,
+                    {"webhook_id": webhook_id, "reason": disabled_reason},
+                )
             )
         for signal, kwargs in sends:
             try:
                 signal.send(self.app, **kwargs)
             except Exception:
-                logger.exception("flask-webhooks: a %s signal handler failed", signal.name)
+                logger.exception(
+                    "flask-webhooks: a %s signal handler failed", signal.name
+                )
 
 
 def _flask_login_username(app: Flask) -> str | None:
@@ -425,19 +441,21 @@ class Webhooks:
         return reg
 
     @property
-    def Webhook(self) -> type[m.WebhookBase]:  # noqa: N802 - contract name
+    def Webhook(self) -> type[m.WebhookBase]:
         """The mapped class of the webhook configuration table."""
         return t.cast(type[m.WebhookBase], self._require_models().Webhook)
 
     @property
-    def Delivery(self) -> type[m.DeliveryBase]:  # noqa: N802 - contract name
+    def Delivery(self) -> type[m.DeliveryBase]:
         """The mapped class of the delivery log (one row per event x webhook)."""
         return t.cast(type[m.DeliveryBase], self._require_models().Delivery)
 
     @property
-    def DeliveryAttempt(self) -> type[m.DeliveryAttemptBase]:  # noqa: N802
+    def DeliveryAttempt(self) -> type[m.DeliveryAttemptBase]:
         """The mapped class of the attempt history (one row per attempt)."""
-        return t.cast(type[m.DeliveryAttemptBase], self._require_models().DeliveryAttempt)
+        return t.cast(
+            type[m.DeliveryAttemptBase], self._require_models().DeliveryAttempt
+        )
 
     def _require_models(self) -> Models:
         if self._models is None:

@@ -23,7 +23,11 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_webhooks.index")
 
-_EVENT_FLAGS = ((m.CREATED, "on_create"), (m.UPDATED, "on_update"), (m.DELETED, "on_delete"))
+_EVENT_FLAGS = (
+    (m.CREATED, "on_create"),
+    (m.UPDATED, "on_update"),
+    (m.DELETED, "on_delete"),
+)
 
 
 @dataclass(eq=False)
@@ -118,7 +122,9 @@ class IndexCache:
         """The current index, read through ``connection`` (the user's transaction)."""
         engine = connection.engine
         if engine in self._verified or connection.dialect.name == "sqlite":
-            signature = tuple(tuple(r) for r in connection.execute(self._signature_query))
+            signature = tuple(
+                tuple(r) for r in connection.execute(self._signature_query)
+            )
         else:
             # Until the table is known to exist, guard the query with a savepoint
             # so a missing table cannot abort the user's transaction.

@@ -12,8 +12,8 @@ import typing as t
 import uuid
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import declared_attr
+from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
 
@@ -157,6 +157,7 @@ class DeliveryBase:
     """Columns of the delivery log (``webhooks_delivery``): one row per event x webhook."""
 
     __tablename__ = "webhooks_delivery"
+
     @declared_attr.directive
     def __table_args__(cls) -> tuple[t.Any, ...]:
         return (
@@ -284,7 +285,7 @@ def build_models(db: SQLAlchemy, registry: Registry) -> Models:
             "__module__": __name__,
             "attempt_history": relationship(
                 attempt,
-                order_by=attempt.number,
+                order_by=lambda: attempt.number,  # type: ignore[attr-defined]
                 cascade="all, delete-orphan",
                 passive_deletes=True,
                 lazy="select",

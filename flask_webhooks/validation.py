@@ -163,11 +163,11 @@ def validate_webhook(webhook: t.Any, registry: Registry | None) -> dict[str, str
     timeout = webhook.timeout
     if timeout is not None:
         try:
-            value = float(timeout)
+            seconds = float(timeout)
         except (TypeError, ValueError):
             errors["timeout"] = "must be a number of seconds"
         else:
-            if not 0 < value <= MAX_TIMEOUT:
+            if not 0 < seconds <= MAX_TIMEOUT:
                 errors["timeout"] = (
                     f"must be greater than 0 and at most {MAX_TIMEOUT:g} seconds"
                 )

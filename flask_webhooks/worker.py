@@ -56,7 +56,7 @@ def register_tasks(state: WebhooksState) -> None:
     state.sweep_task = sweep_task
 
 
-class ThreadConsumer(Consumer):  # type: ignore[misc]
+class ThreadConsumer(Consumer):
     """A Huey consumer that can run off the main thread (no signal handlers)."""
 
     def _set_signal_handlers(self) -> None:

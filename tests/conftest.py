@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-
 from flask_webhooks import Webhooks
+
 from tests.receiver import Receiver
 
 PG_URL = os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
@@ -54,7 +54,9 @@ def config() -> dict[str, t.Any]:
 
 
 @pytest.fixture
-def app(database_url: str, tmp_path: t.Any, config: dict[str, t.Any]) -> t.Iterator[Flask]:
+def app(
+    database_url: str, tmp_path: t.Any, config: dict[str, t.Any]
+) -> t.Iterator[Flask]:
     app = Flask("testapp", instance_path=str(tmp_path / "instance"))
     app.config.update(
         TESTING=True,

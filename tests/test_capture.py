@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-
 from flask_webhooks import BulkStatementWarning
+
 from tests.conftest import D
 from tests.conftest import Status
 
@@ -21,7 +21,10 @@ def events(receiver, count=None):
     """(event, model, data) of every request the receiver got, in order."""
     if count is not None:
         receiver.wait_for(count)
-    return [(r.json()["event"], r.json()["model"], r.json()["data"]) for r in receiver.requests]
+    return [
+        (r.json()["event"], r.json()["model"], r.json()["data"])
+        for r in receiver.requests
+    ]
 
 
 def deliveries(webhooks, db):
@@ -256,7 +259,9 @@ def test_noop_update_sends_nothing(webhooks, db, models, receiver, make_hook):
     assert deliveries(webhooks, db) == []
 
 
-def test_changed_and_changed_back_sends_nothing(webhooks, db, models, receiver, make_hook):
+def test_changed_and_changed_back_sends_nothing(
+    webhooks, db, models, receiver, make_hook
+):
     site = models.Site(name="a")
     db.session.add(site)
     db.session.commit()
@@ -283,7 +288,9 @@ def test_m2m_change_is_one_update_of_owner(webhooks, db, models, receiver, make_
     assert len(deliveries(webhooks, db)) == 1
 
 
-def test_m2m_and_column_change_still_one_event(webhooks, db, models, receiver, make_hook):
+def test_m2m_and_column_change_still_one_event(
+    webhooks, db, models, receiver, make_hook
+):
     tag = models.Tag(slug="x")
     site = models.Site(name="s")
     db.session.add_all([tag, site])
@@ -417,10 +424,15 @@ def test_unsubscribed_model_no_rows(webhooks, db, models, receiver, make_hook):
     assert deliveries(webhooks, db) == []
 
 
-def test_request_id_from_header_and_username_getter(app, webhooks, db, models, receiver, make_hook):
+def test_request_id_from_header_and_username_getter(
+    app, webhooks, db, models, receiver, make_hook
+):
     make_hook()
     app.extensions["webhooks"].config = app.extensions["webhooks"].config.__class__(
-        **{**app.extensions["webhooks"].config.__dict__, "username_getter": lambda: "alice"}
+        **{
+            **app.extensions["webhooks"].config.__dict__,
+            "username_getter": lambda: "alice",
+        }
     )
     rid = "43d8e212-94c7-4f67-b544-0dcde4fc0f43"
     with app.test_request_context(headers={"X-Request-ID": rid}):
@@ -432,7 +444,9 @@ def test_request_id_from_header_and_username_getter(app, webhooks, db, models, r
     assert {r.json()["username"] for r in reqs} == {"alice"}
 
 
-def test_invalid_request_id_header_is_replaced(app, webhooks, db, models, receiver, make_hook):
+def test_invalid_request_id_header_is_replaced(
+    app, webhooks, db, models, receiver, make_hook
+):
     make_hook()
     with app.test_request_context(headers={"X-Request-ID": "not-a-uuid <script>"}):
         db.session.add(models.Site(name="a"))
