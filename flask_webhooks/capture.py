@@ -362,36 +362,94 @@ def _after_flush_postexec(session: Session, flush_context: t.Any) -> None:
         _dump_into(entry)
 
 
-_bulk_warned: set[str] = set()
+def _do_orm_execute(orm_execute_state: t.Any) -> t.Any:
+    """Capture ORM bulk ``update()`` and ``delete()`` on registered models.
 
-
-def _do_orm_execute(orm_execute_state: t.Any) -> None:
-    if not (
-        orm_execute_state.is_update
-        or orm_execute_state.is_delete
-        or (orm_execute_state.is_insert and orm_execute_state.is_orm_statement)
-    ):
-        return
+    They fire no flush events, so the affected rows are loaded first (by the
+    statement's WHERE clause, or by the primary keys of an executemany
+    parameter list): deletes are serialized before the statement runs,
+    updates record their values before and are reloaded at commit. Bulk
+    ``insert()`` cannot be captured without changing its result: it warns once.
+    """
+    is_update = orm_execute_state.is_update
+    is_delete = orm_execute_state.is_delete
+    is_insert = orm_execute_state.is_insert
+    if not (is_update or is_delete or is_insert):
+        return None
     mapper = orm_execute_state.bind_mapper
+    if mapper is None or not orm_execute_state.is_orm_statement:
+        return None
     session = orm_execute_state.session
     ext = _ext_for(session)
-    if ext is None or mapper is None:
-        return
+    if ext is None:
+        return None
     reg = ext.registry.for_class(mapper.class_)
-    if reg is None or reg.name in _bulk_warned:
+    if reg is None:
+        return None
+    if is_insert:
+        _warn_bulk_insert(reg)
+        return None
+    tx = _tx(session)
+    if tx is None or reg.name not in tx.index.models:
+        return None
+    objs = _bulk_targets(session, mapper, orm_execute_state)
+    if is_delete:
+        for obj in objs:
+            state = sa.inspect(obj)
+            entry = _Entry(
+                m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state)
+            )
+            _dump_into(entry)
+            tx.journal.append(entry)
+            tx.deleted.add(state)
+        return None
+    entries = []
+    for obj in objs:
+        state = sa.inspect(obj)
+        entries.append(
+            _Entry(m.UPDATED, reg, obj, state, pre=_committed_snapshot(reg, state))
+        )
+    result = orm_execute_state.invoke_statement()
+    for entry in entries:
+        # Reload what the statement may have changed (unflushed edits are kept).
+        keys = [k for k, _ in reg.columns if k not in entry.state.committed_state]
+        session.expire(entry.obj, keys)
+    tx.journal.extend(entries)
+    return result
+
+
+def _bulk_targets(
+    session: Session, mapper: t.Any, orm_execute_state: t.Any
+) -> list[t.Any]:
+    params = orm_execute_state.parameters
+    if isinstance(params, list | tuple) and params:
+        # Bulk UPDATE/DELETE by primary key: one parameter dict per row.
+        keys = [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+        objs = (session.get(mapper.class_, tuple(p[k] for k in keys)) for p in params)
+        return [o for o in objs if o is not None]
+    statement = orm_execute_state.statement
+    query = sa.select(mapper)
+    if statement.whereclause is not None:
+        query = query.where(statement.whereclause)
+    with session.no_autoflush:
+        return list(session.scalars(query))
+
+
+def _warn_bulk_insert(reg: Registration) -> None:
+    if reg.bulk_insert_warned:
         return
-    _bulk_warned.add(reg.name)
+    reg.bulk_insert_warned = True
     warnings.warn(
-        f"flask-webhooks: a bulk statement on registered model {reg.name!r} "
-        "bypasses per-object events; it produces no webhook events. Change "
-        "objects through the session (add, attribute sets, delete) instead.",
+        f"flask-webhooks: a bulk insert() on registered model {reg.name!r} "
+        "bypasses per-object events and produces no webhook events. Add the "
+        "objects to the session instead (session.add_all).",
         BulkStatementWarning,
-        stacklevel=4,
+        stacklevel=5,
     )
 
 
 class BulkStatementWarning(UserWarning):
-    """A bulk ``update()``/``delete()``/``insert()`` touched a registered model."""
+    """A bulk ``insert()`` touched a registered model: it produces no events."""
 
 
 # -- committing --------------------------------------------------------------

@@ -34,6 +34,8 @@ class Registration:
     columns: tuple[tuple[str, str], ...] = field(repr=False, default=())
     #: attribute keys of collection relationships (one-to-many, many-to-many).
     collections: frozenset[str] = field(repr=False, default=frozenset())
+    #: Set once a bulk insert() warning was given for this model.
+    bulk_insert_warned: bool = field(repr=False, default=False)
 
     def snapshot(self, obj: t.Any) -> dict[str, t.Any]:
         """Raw mapped column values of ``obj``, keyed by attribute name."""

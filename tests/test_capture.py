@@ -469,13 +469,72 @@ def test_each_transaction_outside_requests_gets_its_own_request_id(
     assert len({r.json()["request_id"] for r in reqs}) == 2
 
 
-def test_bulk_statement_warns(webhooks, db, models, make_hook):
+def test_bulk_insert_warns(webhooks, db, models, make_hook):
+    make_hook()
+    with pytest.warns(BulkStatementWarning, match="site"):
+        db.session.execute(sa.insert(models.Site), [{"name": "a"}, {"name": "b"}])
+    db.session.commit()
+
+
+def test_bulk_update_is_captured(webhooks, db, models, receiver, make_hook):
+    db.session.add_all(
+        [models.Site(name="a"), models.Site(name="b"), models.Site(name="c")]
+    )
+    db.session.commit()
+    make_hook()
+    db.session.execute(
+        sa.update(models.Site).where(models.Site.name != "c").values(name="renamed")
+    )
+    db.session.commit()
+    reqs = receiver.wait_for(2)
+    bodies = sorted((r.json() for r in reqs), key=lambda b: b["data"]["id"])
+    assert [b["event"] for b in bodies] == ["updated", "updated"]
+    assert [b["snapshots"]["prechange"]["name"] for b in bodies] == ["a", "b"]
+    assert [b["data"]["name"] for b in bodies] == ["renamed", "renamed"]
+    assert len(deliveries(webhooks, db)) == 2
+
+
+def test_bulk_update_by_primary_key_is_captured(
+    webhooks, db, models, receiver, make_hook
+):
+    sites = [models.Site(name="a"), models.Site(name="b")]
+    db.session.add_all(sites)
+    db.session.commit()
+    ids = [s.id for s in sites]
+    make_hook()
+    db.session.execute(
+        sa.update(models.Site),
+        [{"id": ids[0], "name": "x"}, {"id": ids[1], "name": "b"}],
+    )
+    db.session.commit()
+    # The second row was set to its own value: no change, no event.
+    (req,) = receiver.wait_for(1)
+    assert req.json()["data"] == {**req.json()["data"], "id": ids[0], "name": "x"}
+
+
+def test_bulk_delete_is_captured_with_data(webhooks, db, models, receiver, make_hook):
+    db.session.add_all([models.Site(name="a"), models.Site(name="b")])
+    db.session.commit()
+    make_hook()
+    db.session.execute(sa.delete(models.Site).where(models.Site.name == "a"))
+    db.session.commit()
+    (req,) = receiver.wait_for(1)
+    body = req.json()
+    assert body["event"] == "deleted"
+    assert body["data"]["name"] == "a"
+    assert body["snapshots"]["prechange"]["name"] == "a"
+    assert db.session.scalar(sa.select(sa.func.count()).select_from(models.Site)) == 1
+
+
+def test_bulk_update_rolled_back_sends_nothing(
+    webhooks, db, models, receiver, make_hook
+):
     db.session.add(models.Site(name="a"))
     db.session.commit()
     make_hook()
-    with pytest.warns(BulkStatementWarning, match="site"):
-        db.session.execute(sa.update(models.Site).values(name="b"))
-    db.session.commit()
+    db.session.execute(sa.update(models.Site).values(name="b"))
+    db.session.rollback()
+    assert deliveries(webhooks, db) == []
 
 
 def test_decimal_uuid_date_enum_bytes_are_json_safe():
