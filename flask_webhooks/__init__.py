@@ -1,12 +1,26 @@
-"""NetBox-style webhooks for Flask + Flask-SQLAlchemy."""
+"""NetBox-style webhooks for Flask + Flask-SQLAlchemy.
+
+The public names are imported lazily, so a receiver that only needs
+:mod:`flask_webhooks.signing` does not import Flask, SQLAlchemy or Huey.
+"""
 
 from __future__ import annotations
 
+import importlib
+import typing as t
+
 __version__ = "0.1.0.dev0"
 
-from .capture import BulkStatementWarning as BulkStatementWarning
-from .extension import Webhooks as Webhooks
-from .validation import WebhookValidationError as WebhookValidationError
+if t.TYPE_CHECKING:
+    from .capture import BulkStatementWarning as BulkStatementWarning
+    from .extension import Webhooks as Webhooks
+    from .validation import WebhookValidationError as WebhookValidationError
+
+_LAZY = {
+    "BulkStatementWarning": ".capture",
+    "Webhooks": ".extension",
+    "WebhookValidationError": ".validation",
+}
 
 __all__ = [
     "BulkStatementWarning",
@@ -14,3 +28,12 @@ __all__ = [
     "Webhooks",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> t.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flask_webhooks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
