@@ -3,6 +3,13 @@
 The default body is NetBox's payload, keys in this order::
 
     {"event", "timestamp", "model", "username", "request_id", "data", "snapshots"}
+
+Templates (``body_template``, ``additional_headers`` values and
+``payload_url``) render in a Jinja2 :class:`~jinja2.sandbox.SandboxedEnvironment`
+(see ``docs/templates.rst``). Their context is the payload exactly as the
+default JSON body carries it, plus ``webhook`` (``id`` and ``name``), so a
+template sees the same values at capture time (the body) and at send time
+(URL and headers).
 """
 
 from __future__ import annotations
@@ -13,18 +20,38 @@ import decimal
 import enum
 import functools
 import json
+import operator
+import threading
 import typing as t
 import uuid
 from urllib.parse import urlencode
 
 from jinja2 import TemplateSyntaxError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
 from .validation import check_header_value
 from .validation import parse_header_lines
+from .validation import url_problem
 
 JSON_CONTENT_TYPE = "application/json"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+#: Longest text a template may render, in characters; longer output is an error.
+MAX_RENDERED_CHARS = 10 * 1024 * 1024
+#: Largest exponent ``**`` accepts in a template.
+MAX_POWER = 100
+#: Longest string or list ``*`` may build in a template.
+MAX_REPEAT = 1024 * 1024
+
+
+class RenderError(ValueError):
+    """A template could not be rendered (undefined filter, sandbox violation,
+    output too long, a rendered header with a line break, ...).
+
+    The delivery it was rendered for is recorded as ``failed`` with this message;
+    the user's transaction is never affected.
+    """
 
 
 def json_default(value: t.Any) -> t.Any:
@@ -90,13 +117,52 @@ def envelope(
 
 
 def _json_filter(value: t.Any, indent: int | None = None) -> str:
+    """``{{ value|json }}``: the value as JSON text (``indent`` optional)."""
     return json.dumps(value, default=json_default, ensure_ascii=False, indent=indent)
+
+
+def _sized(value: t.Any) -> bool:
+    return isinstance(value, str | bytes | list | tuple)
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, with the two operators that can exhaust memory bounded.
+
+    Jinja2's sandbox blocks attribute access to internals (``__class__``,
+    ``__globals__``, ``mro``, ``func_code``, ...), unsafe ``str.format`` and
+    ranges over 100,000 items. It does not bound ``10 ** 10 ** 10`` or
+    ``'x' * 10 ** 10``; intercepting them here also stops the compiler from
+    folding such constants while checking syntax on save.
+    """
+
+    intercepted_binops = frozenset({"**", "*"})
+
+    def call_binop(
+        self, context: t.Any, operator_: str, left: t.Any, right: t.Any
+    ) -> t.Any:
+        if operator_ == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_POWER:
+                raise SecurityError(f"exponent {right!r} is larger than {MAX_POWER}")
+            return operator.pow(left, right)
+        if (_sized(left) and isinstance(right, int)) or (
+            _sized(right) and isinstance(left, int)
+        ):
+            size, times = (len(left), right) if _sized(left) else (len(right), left)
+            if size * times > MAX_REPEAT:
+                raise SecurityError(
+                    f"repetition would build {size * times} items (limit {MAX_REPEAT})"
+                )
+        return operator.mul(left, right)
 
 
 @functools.cache
 def environment() -> SandboxedEnvironment:
-    """The sandboxed Jinja2 environment every webhook template renders in."""
-    env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=True)
+    """The sandboxed Jinja2 environment every webhook template renders in.
+
+    Autoescaping is off (bodies are JSON or text, not HTML); undefined values
+    render as empty strings, as in NetBox; the ``json`` filter is added.
+    """
+    env = _Sandbox(autoescape=False, keep_trailing_newline=True)
     env.filters["json"] = _json_filter
     return env
 
@@ -118,19 +184,64 @@ def template_syntax_error(source: str) -> str | None:
 
 
 def render(source: str, context: t.Mapping[str, t.Any]) -> str:
-    """Render ``source`` in the sandbox; plain strings are returned untouched."""
+    """Render ``source`` in the sandbox; plain strings are returned untouched.
+
+    :raises RenderError: for any problem while rendering, including output
+        longer than :data:`MAX_RENDERED_CHARS`.
+    """
     if "{" not in source:
         return source
-    return str(_compile(source).render(context))
+    try:
+        template = _compile(source)
+        parts: list[str] = []
+        size = 0
+        for chunk in template.generate(context):
+            size += len(chunk)
+            if size > MAX_RENDERED_CHARS:
+                raise RenderError(
+                    f"rendered output is longer than {MAX_RENDERED_CHARS} characters"
+                )
+            parts.append(chunk)
+    except RenderError:
+        raise
+    except Exception as e:
+        raise RenderError(f"{type(e).__name__}: {e}") from e
+    return "".join(parts)
 
 
 def template_context(
     payload: t.Mapping[str, t.Any], webhook: t.Any
 ) -> dict[str, t.Any]:
-    """Template context: the payload keys plus ``webhook`` (name and id)."""
+    """Template context: the payload keys plus ``webhook`` (name and id).
+
+    ``payload`` should hold JSON values (as decoded from the stored payload);
+    :func:`render_body` converts the live payload first.
+    """
     context = dict(payload)
     context["webhook"] = {"id": webhook.id, "name": webhook.name}
     return context
+
+
+class _LastPayload(threading.local):
+    source: t.Any = None
+    value: dict[str, t.Any] | None = None
+
+
+_last_payload = _LastPayload()
+
+
+def _json_payload(payload: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
+    """``payload`` as its default JSON body decodes, computed once per event.
+
+    Capture renders one event for several webhooks in a row with the same
+    payload object, so the last conversion (per thread) is reused.
+    """
+    cache = _last_payload
+    if cache.source is payload and cache.value is not None:
+        return cache.value
+    value: dict[str, t.Any] = json.loads(dumps(payload))
+    cache.source, cache.value = payload, value
+    return value
 
 
 def render_body(
@@ -138,15 +249,21 @@ def render_body(
 ) -> tuple[bytes, bool]:
     """The request body for ``webhook``; returns ``(body, is_default_json)``.
 
-    ``default_json`` is the payload already encoded once for the event, so
-    webhooks without a template share it (fan-out reuses it).
+    * a ``body_template``: rendered, sent as is whatever the content type;
+    * else ``application/x-www-form-urlencoded``: the payload as form fields
+      (:func:`form_body`);
+    * else the default JSON payload. ``default_json`` is the payload already
+      encoded once for the event, so webhooks without a template share it.
+
+    :raises RenderError: the body template failed to render.
     """
     template = webhook.body_template or ""
     content_type = (webhook.http_content_type or JSON_CONTENT_TYPE).lower()
     if template.strip():
-        text = render(template, template_context(payload, webhook))
+        context = template_context(_json_payload(payload), webhook)
+        text = render(template, context)
         return text.encode("utf-8"), False
-    if content_type.startswith(FORM_CONTENT_TYPE):
+    if content_type.split(";", 1)[0].strip() == FORM_CONTENT_TYPE:
         return form_body(payload).encode("ascii"), False
     if default_json is None:
         default_json = dumps(payload).encode("utf-8")
@@ -154,7 +271,11 @@ def render_body(
 
 
 def form_body(payload: t.Mapping[str, t.Any]) -> str:
-    """NetBox's form option: top-level keys as fields, nested values as JSON."""
+    """NetBox's form option: top-level keys as fields, nested values as JSON.
+
+    Strings are sent as they are, ``null`` as an empty field, everything else
+    (``data``, ``snapshots``, numbers, booleans) as its JSON text.
+    """
     fields = []
     for key, value in payload.items():
         if isinstance(value, str):
@@ -167,14 +288,33 @@ def form_body(payload: t.Mapping[str, t.Any]) -> str:
 
 
 def render_url(webhook: t.Any, context: t.Mapping[str, t.Any]) -> str:
-    return render(webhook.payload_url.strip(), context)
+    """The webhook's ``payload_url``, rendered and checked again.
+
+    :raises RenderError: the template failed, or it rendered to something that
+        is not an ``http(s)://`` URL with a host (use ``|urlencode`` for values
+        that may contain spaces or slashes).
+    """
+    source = (webhook.payload_url or "").strip()
+    url = render(source, context)
+    if url is not source:
+        problem = url_problem(url)
+        if problem:
+            raise RenderError(f"payload_url rendered to {url!r}, which {problem}")
+    return url
 
 
 def render_headers(webhook: t.Any, context: t.Mapping[str, t.Any]) -> dict[str, str]:
-    """The webhook's additional headers, rendered and checked for injection."""
+    """The webhook's additional headers, rendered and checked for injection.
+
+    :raises RenderError: a value failed to render, or rendered to text with a
+        line break or another control character; nothing is sent then.
+    """
     headers: dict[str, str] = {}
     for name, value in parse_header_lines(webhook.additional_headers):
-        rendered = render(value, context)
-        check_header_value(name, rendered)
-        headers[name] = rendered
+        try:
+            rendered = render(value, context)
+            check_header_value(name, rendered)
+        except ValueError as e:
+            raise RenderError(f"additional_headers {name!r}: {e}") from e
+        headers[name] = rendered.strip()
     return headers
