@@ -26,8 +26,10 @@ import typing as t
 import uuid
 from urllib.parse import urlencode
 
+from jinja2 import pass_context
 from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.sandbox import SandboxedEnvironment
 
 from .validation import check_header_value
@@ -43,6 +45,8 @@ MAX_RENDERED_CHARS = 10 * 1024 * 1024
 MAX_POWER = 100
 #: Longest string or list ``*`` may build in a template.
 MAX_REPEAT = 1024 * 1024
+#: Largest integer ``*`` and ``**`` may build in a template, in bits.
+MAX_INT_BITS = 64 * 1024
 
 
 class RenderError(ValueError):
@@ -125,17 +129,41 @@ def _sized(value: t.Any) -> bool:
     return isinstance(value, str | bytes | list | tuple)
 
 
-class _Sandbox(SandboxedEnvironment):
-    """The sandbox, with the two operators that can exhaust memory bounded.
+def _is_int(value: t.Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@pass_context
+def _finalize(context: t.Any, value: t.Any) -> t.Any:
+    # Needing the context keeps Jinja2 from evaluating constant expressions
+    # while compiling: a syntax check on save never runs template code.
+    return value
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox every webhook template renders in.
 
     Jinja2's sandbox blocks attribute access to internals (``__class__``,
-    ``__globals__``, ``mro``, ``func_code``, ...), unsafe ``str.format`` and
-    ranges over 100,000 items. It does not bound ``10 ** 10 ** 10`` or
-    ``'x' * 10 ** 10``; intercepting them here also stops the compiler from
-    folding such constants while checking syntax on save.
+    ``__globals__``, ``mro``, ...), unsafe ``str.format`` and ranges over
+    100,000 items; the immutable variant also refuses methods that modify
+    lists, dicts and sets (``data.update(...)``, ``tags.append(...)``), so one
+    webhook's template cannot change what the next one sees.
+
+    On top of that, ``**`` and ``*`` refuse results that would be huge
+    (``10 ** 10 ** 10``, ``'x' * 10 ** 10``), and the compiler never
+    evaluates expressions (no constant folding), so checking a template's
+    syntax on save cannot run it.
     """
 
     intercepted_binops = frozenset({"**", "*"})
+
+    def __init__(self) -> None:
+        super().__init__(
+            autoescape=False,
+            keep_trailing_newline=True,
+            optimized=False,
+            finalize=_finalize,
+        )
 
     def call_binop(
         self, context: t.Any, operator_: str, left: t.Any, right: t.Any
@@ -143,10 +171,17 @@ class _Sandbox(SandboxedEnvironment):
         if operator_ == "**":
             if isinstance(right, int | float) and abs(right) > MAX_POWER:
                 raise SecurityError(f"exponent {right!r} is larger than {MAX_POWER}")
+            if (
+                _is_int(left)
+                and _is_int(right)
+                and left.bit_length() * right > MAX_INT_BITS
+            ):
+                raise SecurityError("the result of ** would be too large")
             return operator.pow(left, right)
-        if (_sized(left) and isinstance(right, int)) or (
-            _sized(right) and isinstance(left, int)
-        ):
+        if _is_int(left) and _is_int(right):
+            if left.bit_length() + right.bit_length() > MAX_INT_BITS:
+                raise SecurityError("the result of * would be too large")
+        elif (_sized(left) and _is_int(right)) or (_sized(right) and _is_int(left)):
             size, times = (len(left), right) if _sized(left) else (len(right), left)
             if size * times > MAX_REPEAT:
                 raise SecurityError(
@@ -159,10 +194,11 @@ class _Sandbox(SandboxedEnvironment):
 def environment() -> SandboxedEnvironment:
     """The sandboxed Jinja2 environment every webhook template renders in.
 
-    Autoescaping is off (bodies are JSON or text, not HTML); undefined values
-    render as empty strings, as in NetBox; the ``json`` filter is added.
+    An :class:`~jinja2.sandbox.ImmutableSandboxedEnvironment`; autoescaping
+    is off (bodies are JSON or text, not HTML); undefined values render as
+    empty strings, as in NetBox; the ``json`` filter is added.
     """
-    env = _Sandbox(autoescape=False, keep_trailing_newline=True)
+    env = _Sandbox()
     env.filters["json"] = _json_filter
     return env
 
