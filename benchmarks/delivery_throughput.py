@@ -1,0 +1,280 @@
+"""Delivery throughput: the worker path against a raw ``requests`` loop.
+
+A fast receiver runs in its own process on 127.0.0.1 (``fast_receiver.py``).
+Each round commits N registered objects with one matching webhook (N
+committed deliveries in the queue, no worker running yet), then, in an order
+that alternates between rounds:
+
+* ``raw``: T threads, one ``requests.Session`` each, POST the same N bodies
+  with the same signature work (HMAC-SHA512 hex in ``X-Hook-Signature``);
+* ``webhooks``: one worker process, ``flask webhooks worker --workers T`` on
+  ``bench_app.py``, drains the N deliveries (claim, send, record).
+
+Throughput is measured at the receiver: (N - 1) / (last receipt - first
+receipt), so process start-up is not counted. ``ratio`` is the median over
+rounds of webhooks / raw in the same round. The script checks that every
+delivery ended ``succeeded`` and that every request was signed.
+
+Usage::
+
+    python benchmarks/delivery_throughput.py --deliveries 2000 --queue sqlite|redis
+        [--database-url URL] [--threads 4] [--rounds 3]
+
+The last line of output is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import os
+import tempfile
+import threading
+import time
+import typing as t
+
+import requests
+import sqlalchemy as sa
+
+import benchlib as bl
+
+
+def commit_items(s: bl.Setup, n: int, start: int) -> None:
+    with s.app.app_context():
+        s.db.session.add_all([bl.new_item(s.models.Item, start + i) for i in range(n)])
+        s.db.session.commit()
+        s.db.session.remove()
+
+
+def pending(s: bl.Setup) -> list[tuple[str, bytes]]:
+    """(id, body) of the deliveries waiting in the outbox."""
+    assert s.webhooks is not None
+    with s.app.app_context():
+        D = s.webhooks.Delivery
+        rows = s.db.session.execute(
+            sa.select(D.id, D.body).where(D.status == "pending")
+        ).all()
+        s.db.session.remove()
+    return [(r[0], bytes(r[1])) for r in rows]
+
+
+def count_status(s: bl.Setup, status: str) -> int:
+    assert s.webhooks is not None
+    with s.app.app_context():
+        D = s.webhooks.Delivery
+        n = s.db.session.scalar(
+            sa.select(sa.func.count()).select_from(D).where(D.status == status)
+        )
+        s.db.session.remove()
+    return int(n or 0)
+
+
+def raw_send(url: str, items: list[tuple[str, bytes]], threads: int) -> None:
+    """POST every body once from ``threads`` threads, signed like a delivery."""
+    errors: list[str] = []
+    key = bl.SECRET.encode("utf-8")
+
+    def run(part: list[tuple[str, bytes]]) -> None:
+        with requests.Session() as session:
+            session.trust_env = False
+            for delivery_id, body in part:
+                headers = {
+                    "Content-Type": "application/json",
+                    "User-Agent": "flask-webhooks-bench/raw",
+                    "X-Webhook-ID": delivery_id,
+                    "X-Webhook-Attempt": "1",
+                    "X-Hook-Signature": hmac.new(key, body, hashlib.sha512).hexdigest(),
+                }
+                r = session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=(5, 10),
+                    allow_redirects=False,
+                )
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}")
+
+    workers = [
+        threading.Thread(target=run, args=(items[i::threads],)) for i in range(threads)
+    ]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if errors:
+        raise RuntimeError(f"raw loop: {len(errors)} failed requests: {errors[:3]}")
+
+
+def rate(stats: dict[str, t.Any]) -> float:
+    span = stats["last"] - stats["first"]
+    return float((stats["count"] - 1) / span) if span > 0 else float("inf")
+
+
+def run_raw(
+    receiver: bl.ReceiverProcess, items: list[tuple[str, bytes]], threads: int
+) -> float:
+    receiver.reset()
+    raw_send(receiver.url, items, threads)
+    stats = receiver.wait_for(len(items))
+    if stats["signed"] != len(items):
+        raise AssertionError(f"raw: {stats['signed']} of {len(items)} requests signed")
+    return rate(stats)
+
+
+def run_worker(
+    s: bl.Setup,
+    receiver: bl.ReceiverProcess,
+    env: dict[str, str],
+    n: int,
+    threads: int,
+    log_path: str,
+    timeout: float,
+    py_spy: str | None = None,
+    profile_path: str | None = None,
+) -> float:
+    receiver.reset()
+    worker = bl.WorkerProcess(env, threads, log_path, py_spy, profile_path)
+    try:
+        stats = receiver.wait_for(n, timeout=timeout)
+        deadline = time.monotonic() + 30
+        while count_status(s, "succeeded") < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    done = count_status(s, "succeeded")
+    if done != n or stats["count"] != n or stats["signed"] != n:
+        raise AssertionError(
+            f"worker: {done} succeeded, {stats['count']} received, "
+            f"{stats['signed']} signed, expected {n} (log: {log_path})"
+        )
+    return rate(stats)
+
+
+def main(argv: list[str] | None = None) -> dict[str, t.Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--queue", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--database-url", default=None, help="default: a SQLite file")
+    parser.add_argument("--redis-url", default=bl.DEFAULT_REDIS_URL)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per worker round")
+    parser.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="sample the worker with this py-spy binary in the last round "
+        "(collapsed stacks in benchmarks/results/; summarise with profile_summary.py)",
+    )
+    args = parser.parse_args(argv)
+    n, threads = args.deliveries, args.threads
+
+    info = bl.machine_info(
+        args.database_url, args.redis_url if args.queue == "redis" else None
+    )
+    bl.print_machine(info)
+    database = (
+        "postgresql"
+        if args.database_url and bl.is_postgres(args.database_url)
+        else "sqlite"
+    )
+    print(
+        f"delivery throughput: {n} deliveries, {threads} threads, "
+        f"{args.queue} queue, {database} database, {args.rounds} rounds"
+    )
+
+    results: dict[str, list[float]] = {"raw": [], "webhooks": []}
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as workdir:
+        queue = (
+            args.redis_url
+            if args.queue == "redis"
+            else f"sqlite:///{os.path.join(workdir, 'queue.sqlite')}"
+        )
+        huey_name = bl.unique("flask-webhooks-bench")
+        url = bl.setup_url(args.database_url, workdir, "delivery")
+        schema = bl.unique("bench_delivery")
+        receiver = bl.ReceiverProcess()
+        s = None
+        try:
+            s = bl.build_setup(
+                "driver",
+                database_url=url,
+                workdir=workdir,
+                extension=True,
+                hooks=1,
+                payload_url=receiver.url,
+                huey=bl.new_huey(queue, huey_name, workdir),
+                schema=schema,
+            )
+            assert s.webhooks is not None
+            env = bl.bench_env(
+                database_url=url, schema=schema, queue=queue, huey_name=huey_name
+            )
+            results_dir = os.path.join(bl.HERE, "results")
+            os.makedirs(results_dir, exist_ok=True)
+            log_path = os.path.join(results_dir, "delivery_worker.log")
+            open(log_path, "wb").close()
+            for rnd in range(args.rounds):
+                s.clear_outbox()
+                commit_items(s, n, rnd * n)
+                items = pending(s)
+                if len(items) != n:
+                    raise AssertionError(
+                        f"expected {n} pending deliveries, got {len(items)}"
+                    )
+                order = ["raw", "webhooks"] if rnd % 2 == 0 else ["webhooks", "raw"]
+                for kind in order:
+                    if kind == "raw":
+                        value = run_raw(receiver, items, threads)
+                    else:
+                        last = rnd == args.rounds - 1
+                        value = run_worker(
+                            s,
+                            receiver,
+                            env,
+                            n,
+                            threads,
+                            log_path,
+                            args.timeout,
+                            args.py_spy if last else None,
+                            os.path.join(
+                                results_dir, f"worker_{args.queue}_{database}.folded"
+                            ),
+                        )
+                    results[kind].append(value)
+                    bl.log(
+                        f"round {rnd + 1}/{args.rounds} {kind}: {value:.0f} deliveries/s"
+                    )
+        finally:
+            if s is not None:
+                s.close()
+            receiver.stop()
+
+    per_round = bl.ratios(results["webhooks"], results["raw"])
+    print()
+    bl.print_table(
+        ["round", "raw /s", "webhooks /s", "ratio"],
+        [
+            [i + 1, r, w, q]
+            for i, (r, w, q) in enumerate(
+                zip(results["raw"], results["webhooks"], per_round, strict=True)
+            )
+        ],
+    )
+    result = {
+        "raw_rps": bl.median(results["raw"]),
+        "webhooks_rps": bl.median(results["webhooks"]),
+        "ratio": bl.median(per_round),
+        "threads": threads,
+        "queue": args.queue,
+        "database": database,
+        "deliveries": n,
+    }
+    print()
+    bl.emit_json(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
