@@ -1,0 +1,193 @@
+"""The Status admin screen: queue, workers, recent delivery counts, disabled webhooks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import typing as t
+from dataclasses import dataclass
+from dataclasses import field
+
+import sqlalchemy as sa
+from flask_admin import BaseView
+from flask_admin import expose
+from flask_admin.form import SecureForm
+
+from . import models as m
+from .admin import AdminViewMixin
+from .admin import ViewOptions
+from .delivery import due_condition
+from .queue import backend_name
+from .queue import redact_url
+
+if t.TYPE_CHECKING:
+    from .extension import WebhooksState
+
+#: A worker whose heartbeat is older than this is shown as not seen recently.
+HEARTBEAT_STALE = dt.timedelta(minutes=5)
+
+
+@dataclass
+class QueueInfo:
+    backend: str
+    url: str
+    pending: int | None = None
+    scheduled: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class WorkerInfo:
+    #: Embedded consumer threads in this web process: "off", "not started", or a count.
+    embedded: str
+    embedded_alive: int | None = None
+    #: Heartbeats of worker processes, newest first; None when not recorded.
+    heartbeats: list[dict[str, t.Any]] | None = None
+
+
+@dataclass
+class DeliveryStats:
+    last_hour: dict[str, int] = field(default_factory=dict)
+    last_day: dict[str, int] = field(default_factory=dict)
+    oldest_pending: dt.datetime | None = None
+    overdue: int = 0
+
+
+def queue_info(state: WebhooksState) -> QueueInfo:
+    """Backend, redacted URL and task counts of the app's Huey queue."""
+    huey = state.huey
+    backend = backend_name(huey)
+    url = state.config.queue_url
+    if url:
+        shown = redact_url(url)
+    else:
+        filename = getattr(huey.storage, "filename", None)
+        shown = f"sqlite:///{filename}" if filename else "(passed as huey=)"
+    info = QueueInfo(backend=backend, url=shown)
+    try:
+        info.pending = int(huey.pending_count())
+        info.scheduled = int(huey.scheduled_count())
+    except Exception as e:  # the queue server may be down: show it, do not fail
+        info.error = f"{type(e).__name__}: {e}"
+    return info
+
+
+def worker_info(state: WebhooksState) -> WorkerInfo:
+    """Embedded workers of this process and, when recorded, worker heartbeats."""
+    workers = state.workers
+    if workers is None:
+        embedded = "not started (they start with the first delivery)"
+        if backend_name(state.huey) not in ("memory", "sqlite"):
+            embedded = "not used with this queue backend"
+        elif state.config.embedded_workers <= 0:
+            embedded = "off (WEBHOOKS_EMBEDDED_WORKERS = 0)"
+        info = WorkerInfo(embedded=embedded)
+    elif workers is False:
+        info = WorkerInfo(embedded="off")
+    else:
+        threads = getattr(workers.consumer, "worker_threads", [])
+        alive = sum(1 for _, thread in threads if thread.is_alive())
+        info = WorkerInfo(embedded="running", embedded_alive=alive)
+    info.heartbeats = _heartbeats(state)
+    return info
+
+
+def _heartbeats(state: WebhooksState) -> list[dict[str, t.Any]] | None:
+    """Worker heartbeats, if the worker module records them (else None: unknown).
+
+    Expected: ``flask_webhooks.worker.heartbeats(state)`` returning dicts with
+    at least ``name`` and ``last_seen`` (aware datetime).
+    """
+    from . import worker
+
+    reader = getattr(worker, "heartbeats", None)
+    if reader is None:
+        return None
+    try:
+        beats = list(reader(state))
+    except Exception:
+        return None
+    now = m.utcnow()
+    for beat in beats:
+        seen = beat.get("last_seen")
+        beat["recent"] = seen is not None and now - seen <= HEARTBEAT_STALE
+    return sorted(
+        beats,
+        key=lambda b: b.get("last_seen") or dt.datetime.min.replace(tzinfo=dt.UTC),
+        reverse=True,
+    )
+
+
+def delivery_stats(
+    state: WebhooksState, now: dt.datetime | None = None
+) -> DeliveryStats:
+    """Counts by status over the last hour and day; backlog indicators."""
+    D = state.models.Delivery.__table__
+    now = now or m.utcnow()
+    stats = DeliveryStats()
+    with state.engine().connect() as conn:
+        for target, since in (
+            (stats.last_hour, now - dt.timedelta(hours=1)),
+            (stats.last_day, now - dt.timedelta(hours=24)),
+        ):
+            rows = conn.execute(
+                sa.select(D.c.status, sa.func.count())
+                .where(D.c.created_at >= since)
+                .group_by(D.c.status)
+            )
+            counts: dict[str, int] = {s: int(n) for s, n in rows}
+            target.update({s: int(counts.get(s, 0)) for s in m.STATUSES})
+        stats.oldest_pending = conn.execute(
+            sa.select(sa.func.min(D.c.created_at)).where(D.c.status == m.PENDING)
+        ).scalar()
+        if stats.oldest_pending is not None and stats.oldest_pending.tzinfo is None:
+            stats.oldest_pending = stats.oldest_pending.replace(tzinfo=dt.UTC)
+        # Due for longer than a sweep interval and still not sent: the queue or
+        # the workers are behind (or not running).
+        cutoff = now - dt.timedelta(seconds=state.config.sweep_interval)
+        stats.overdue = int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(D)
+                .where(due_condition(D, cutoff))
+            ).scalar()
+            or 0
+        )
+    return stats
+
+
+class StatusView(AdminViewMixin, BaseView):
+    """Queue backend and counts, workers, deliveries by status, disabled webhooks."""
+
+    def __init__(self, *, options: ViewOptions, **kwargs: t.Any) -> None:
+        self.options = options
+        super().__init__(**kwargs)
+
+    @expose("/")
+    def index(self) -> t.Any:
+        state = self.options.state
+        W = state.models.Webhook
+        disabled = list(
+            state.db.session.scalars(
+                sa.select(W)
+                .where(W.enabled.is_(False))
+                .order_by(W.disabled_at.desc(), W.name)
+            )
+        )
+        stats = delivery_stats(state)
+        now = m.utcnow()
+        return self.render(
+            "webhooks/admin/status.html",
+            queue=queue_info(state),
+            workers=worker_info(state),
+            stats=stats,
+            oldest_pending_age=(
+                (now - stats.oldest_pending).total_seconds()
+                if stats.oldest_pending is not None
+                else None
+            ),
+            disabled=disabled,
+            csrf_form=SecureForm(),
+            statuses=m.STATUSES,
+            pid=os.getpid(),
+        )
