@@ -114,12 +114,12 @@ def install_model_listeners(reg: Registration) -> None:
     for key, _ in reg.columns:
         attr = getattr(model, key)
         if not event.contains(attr, "set", _noop_set):
-            event.listen(attr, "set", _noop_set, active_history=True)
+            event.listen(attr, "set", _noop_set, active_history=True, propagate=True)
     for key in reg.collections:
         attr = getattr(model, key)
         listener = _collection_listener(key)
         for name in ("append", "remove"):
-            event.listen(attr, name, listener, raw=True)
+            event.listen(attr, name, listener, raw=True, propagate=True)
     if not event.contains(model, "after_delete", _after_delete):
         event.listen(model, "after_delete", _after_delete, propagate=True)
 
@@ -224,59 +224,46 @@ def _interested(tx: _Transaction, obj: t.Any) -> Registration | None:
 
 
 def _before_flush(session: Session, flush_context: t.Any, instances: t.Any) -> None:
-    registry_lookup = None
-    tx = None
-    for obj in session.new:
+    tx: _Transaction | None = session.info.get(_INFO_KEY)
+    new, dirty, deleted = session.new, session.dirty, session.deleted
+    if tx is None:
+        ext = _ext_for(session)
+        if ext is None:
+            return
+        lookup = ext.registry.for_class
+        if not any(
+            lookup(type(obj)) is not None
+            for objs in (new, dirty, deleted)
+            for obj in objs
+        ):
+            return  # nothing registered in this flush: not even the index query
+        tx = _tx(session)
         if tx is None:
-            ext = _ext_for(session)
-            if ext is None:
-                return
-            registry_lookup = ext.registry.for_class
-            if registry_lookup(type(obj)) is None:
-                continue
-            tx = _tx(session)
-            if tx is None:
-                return
+            return
+    journal = tx.journal
+    for obj in new:
         reg = _interested(tx, obj)
         if reg is not None:
-            tx.journal.append(_Entry(m.CREATED, reg, obj, sa.inspect(obj)))
-    for obj in session.dirty:
-        state: InstanceState[t.Any] = sa.inspect(obj)
-        direct = state.info.pop(_DIRECT_COLLECTION, False)
-        if tx is None:
-            ext = _ext_for(session)
-            if ext is None:
-                return
-            if ext.registry.for_class(type(obj)) is None:
-                continue
-            tx = _tx(session)
-            if tx is None:
-                return
+            journal.append(_Entry(m.CREATED, reg, obj, sa.inspect(obj)))
+    for obj in dirty:
         reg = _interested(tx, obj)
         if reg is None:
             continue
+        state: InstanceState[t.Any] = sa.inspect(obj)
+        direct = state.info.pop(_DIRECT_COLLECTION, False)
         pre = _update_prechange(reg, state, direct)
         if pre is not None:
-            tx.journal.append(
+            journal.append(
                 _Entry(m.UPDATED, reg, obj, state, pre=pre, collection_changed=direct)
             )
-    for obj in session.deleted:
-        if tx is None:
-            ext = _ext_for(session)
-            if ext is None:
-                return
-            if ext.registry.for_class(type(obj)) is None:
-                continue
-            tx = _tx(session)
-            if tx is None:
-                return
+    for obj in deleted:
         reg = _interested(tx, obj)
         if reg is None:
             continue
         state = sa.inspect(obj)
         entry = _Entry(m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state))
         _dump_into(entry)
-        tx.journal.append(entry)
+        journal.append(entry)
         tx.deleted.add(state)
 
 
