@@ -51,17 +51,37 @@ HOOKS = {"baseline": 0, "unsubscribed": 0, "one_webhook": 1, "ten_webhooks": 10}
 
 
 def build(
-    names: t.Iterable[str], database_url: str | None, workdir: str
+    names: t.Iterable[str],
+    database_url: str | None,
+    workdir: str,
+    queue: str = "memory",
+    redis_url: str = bl.DEFAULT_REDIS_URL,
 ) -> dict[str, bl.Setup]:
+    """The setups, each with its own app, db and (extension on) queue.
+
+    ``queue``: ``memory`` (the issue's default: nothing is delivered, enqueue
+    is cheap), or ``sqlite`` / ``redis`` to see what enqueueing into a real
+    backend adds to ``commit()``.
+    """
     setups = {}
     tag = bl.unique("bench_capture")
     for name in names:
         url = bl.setup_url(database_url, workdir, name)
+        huey = None
+        if queue == "sqlite" and SETUPS[name]["extension"]:
+            huey = bl.new_huey(
+                f"sqlite:///{os.path.join(workdir, name + '-queue.sqlite')}",
+                f"{tag}-{name}",
+                workdir,
+            )
+        elif queue == "redis" and SETUPS[name]["extension"]:
+            huey = bl.new_huey(redis_url, f"{tag}-{name}", workdir)
         setups[name] = bl.build_setup(
             name,
             database_url=url,
             workdir=workdir,
             schema=f"{tag}_{name}",
+            huey=huey,
             **SETUPS[name],
         )
     return setups
@@ -186,6 +206,20 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     )
     parser.add_argument("--growth-rounds", type=int, default=3)
     parser.add_argument(
+        "--small",
+        type=int,
+        default=200,
+        metavar="K",
+        help="also time K transactions of one object each (0: skip)",
+    )
+    parser.add_argument(
+        "--queue",
+        choices=("memory", "sqlite", "redis"),
+        default="memory",
+        help="queue backend of the extension setups (default memory://)",
+    )
+    parser.add_argument("--redis-url", default=bl.DEFAULT_REDIS_URL)
+    parser.add_argument(
         "--profile",
         choices=sorted(SETUPS),
         help="cProfile this setup (after the measurement) and print the hot spots",
@@ -201,11 +235,12 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         else "sqlite"
     )
     print(
-        f"capture overhead: {n} objects per transaction, {args.rounds} rounds, {database}"
+        f"capture overhead: {n} objects per transaction, {args.rounds} rounds, "
+        f"{database} database, {args.queue} queue"
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as workdir:
-        setups = build(SETUPS, args.database_url, workdir)
+        setups = build(SETUPS, args.database_url, workdir, args.queue, args.redis_url)
         try:
             names = list(SETUPS)
             # Warm-up (not recorded): caches, compiled statements, the index.
@@ -254,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                 "delete_one_webhook_ratio": figures["one_webhook"]["delete"],
             }
 
+            if args.small:
+                result.update(small_transactions(setups, args.small, args.rounds))
+
             if args.growth:
                 result["growth_100k_over_10k"] = growth(setups, args.growth_rounds)
 
@@ -263,10 +301,58 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
             for s in setups.values():
                 s.close()
 
-    result.update(database=database, objects=n, rounds=args.rounds)
+    result.update(database=database, queue=args.queue, objects=n, rounds=args.rounds)
     print()
     bl.emit_json(result)
     return result
+
+
+def timed_small(s: bl.Setup, k: int, start: int) -> float:
+    """``k`` transactions of one new object each, like ``k`` web requests."""
+    Item = s.models.Item
+    with s.app.app_context():
+        session = s.db.session
+        gc.collect()
+        t0 = time.perf_counter()
+        for i in range(k):
+            session.add(bl.new_item(Item, start + i))
+            session.commit()
+        elapsed = time.perf_counter() - t0
+        session.remove()
+    return elapsed
+
+
+def small_transactions(
+    setups: dict[str, bl.Setup], k: int, rounds: int
+) -> dict[str, float]:
+    """Per-commit overhead when each transaction changes one object."""
+    names = list(setups)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rnd in range(rounds):
+        j = rnd % len(names)
+        for name in names[j:] + names[:j]:
+            s = setups[name]
+            times[name].append(timed_small(s, k, 5_000_000 + rnd * k))
+            check_outbox(s, k)
+            s.clear_outbox()
+    base = times["baseline"]
+    print(f"\n{k} transactions of one object each:")
+    bl.print_table(
+        ["setup", "total s", "ms/commit", "ratio"],
+        [
+            [
+                name,
+                bl.median(v),
+                1000 * bl.median(v) / k,
+                bl.median(bl.ratios(v, base)),
+            ]
+            for name, v in times.items()
+        ],
+    )
+    return {
+        "small_unsubscribed_ratio": bl.median(bl.ratios(times["unsubscribed"], base)),
+        "small_one_webhook_ratio": bl.median(bl.ratios(times["one_webhook"], base)),
+    }
 
 
 def growth(setups: dict[str, bl.Setup], rounds: int) -> float:
