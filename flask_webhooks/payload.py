@@ -335,7 +335,7 @@ def render_url(webhook: t.Any, context: t.Mapping[str, t.Any]) -> str:
     if url is not source:
         problem = url_problem(url)
         if problem:
-            raise RenderError(f"payload_url rendered to {url!r}, which {problem}")
+            raise RenderError(f"payload_url rendered to {url!r}: {problem}")
     return url
 
 

@@ -1,0 +1,427 @@
+"""Templates (issue 4, part 2): body, headers and URL rendered in the sandbox,
+captured for real and delivered to the local receiver."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+
+import pytest
+import sqlalchemy as sa
+from flask_webhooks.payload import MAX_RENDERED_CHARS
+from flask_webhooks.payload import render
+from flask_webhooks.payload import RenderError
+from flask_webhooks.payload import template_syntax_error
+
+from tests.conftest import D
+from tests.conftest import Status
+
+SECRET = "s3cret-never-in-output"
+
+
+def deliveries(webhooks, db):
+    D_ = webhooks.Delivery
+    return db.session.scalars(
+        sa.select(D_).order_by(D_.created_at, D_.webhook_name)
+    ).all()
+
+
+def sites(models, db):
+    return db.session.scalars(sa.select(models.Site.name)).all()
+
+
+def add_site(models, db, **fields):
+    values = dict(name="ams1", budget=D("12.50"), opened=dt.date(2026, 1, 2))
+    values.update(fields)
+    site = models.Site(**values)
+    db.session.add(site)
+    db.session.commit()
+    return site
+
+
+# -- body ---------------------------------------------------------------------
+
+
+def test_body_template_is_rendered_signed_and_stored(
+    webhooks, db, models, receiver, make_hook
+):
+    hook = make_hook(
+        name="crm",
+        body_template=(
+            '{"site": {{ data.name|json }}, "event": "{{ event }}", '
+            '"model": "{{ model }}", "hook": {{ webhook|json }}, '
+            '"tags": {{ data.tags|json }}}'
+        ),
+    )
+    site = add_site(models, db, name='ams "one"\n')
+    (req,) = receiver.wait_for(1)
+    assert json.loads(req.body) == {
+        "site": 'ams "one"\n',
+        "event": "created",
+        "model": "site",
+        "hook": {"id": hook.id, "name": "crm"},
+        "tags": [],
+    }
+    assert req.headers["Content-Type"] == "application/json"
+    expected = hmac.new(b"s3cret", req.body, hashlib.sha512).hexdigest()
+    assert req.headers["X-Hook-Signature"] == expected
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "succeeded"
+    assert delivery.body == req.body
+    assert delivery.object_id == str(site.id)
+
+
+def test_json_filter(webhooks, db, models, receiver, make_hook):
+    make_hook(body_template="{{ data|json(indent=2) }}")
+    site = add_site(models, db)
+    (req,) = receiver.wait_for(1)
+    text = req.body.decode()
+    assert "\n  " in text  # indented
+    assert json.loads(text) == {
+        "id": site.id,
+        "name": "ams1",
+        "status": "active",
+        "tenant": None,
+        "budget": "12.50",  # Decimal, as the default JSON body has it
+        "opened": "2026-01-02",
+        "tags": [],
+    }
+
+
+def test_body_template_sees_the_json_payload(webhooks, db, models, receiver, make_hook):
+    # Raw snapshot values (Decimal, date, Enum) render as in the default JSON
+    # body, in the body (rendered at capture) and in headers (at send time).
+    values = (
+        "{{ data.budget }}|{{ snapshots.postchange.budget }}|"
+        "{{ snapshots.postchange.opened }}|{{ snapshots.postchange.status }}|"
+        "{{ snapshots.prechange }}|{{ username }}|{{ request_id|length }}"
+    )
+    make_hook(body_template=values, additional_headers=f"X-Values: {values}")
+    add_site(models, db, status=Status.planned)
+    (req,) = receiver.wait_for(1)
+    assert req.body == b"12.50|12.50|2026-01-02|planned|None|None|36"
+    assert req.headers["X-Values"] == req.body.decode()
+
+
+def test_updates_render_both_snapshots(webhooks, db, models, receiver, make_hook):
+    site = add_site(models, db)
+    make_hook(
+        on_create=False,
+        body_template=(
+            "{{ event }}: {{ snapshots.prechange.name }} -> "
+            "{{ snapshots.postchange.name }}"
+        ),
+    )
+    site.name = "ams2"
+    db.session.commit()
+    (req,) = receiver.wait_for(1)
+    assert req.body == b"updated: ams1 -> ams2"
+
+
+def test_deletes_render_the_state_before(webhooks, db, models, receiver, make_hook):
+    site = add_site(models, db)
+    make_hook(on_create=False, body_template="{{ event }} {{ data.name }}")
+    db.session.delete(site)
+    db.session.commit()
+    (req,) = receiver.wait_for(1)
+    assert req.body == b"deleted ams1"
+
+
+def test_templated_and_default_hooks_share_one_event(
+    webhooks, db, models, receiver, make_hook
+):
+    make_hook(name="a-plain")
+    make_hook(name="b-template", body_template="{{ webhook.name }}:{{ data.name }}")
+    make_hook(name="c-plain")
+    add_site(models, db)
+    requests = receiver.wait_for(3)
+    bodies = [r.body for r in requests]
+    assert b"b-template:ams1" in bodies
+    plain = [json.loads(b) for b in bodies if b != b"b-template:ams1"]
+    assert plain[0] == plain[1]
+    assert plain[0]["data"]["name"] == "ams1"
+    assert [d.status for d in deliveries(webhooks, db)] == ["succeeded"] * 3
+
+
+def test_render_error_fails_that_delivery_only(
+    webhooks, db, models, receiver, make_hook
+):
+    make_hook(name="broken", body_template="{{ data.name + 1 }}")
+    make_hook(name="fine")
+    add_site(models, db)
+    (req,) = receiver.wait_for(1)
+    assert req.json()["data"]["name"] == "ams1"
+    broken, fine = deliveries(webhooks, db)
+    assert broken.webhook_name == "broken"
+    assert broken.status == "failed"
+    assert broken.last_error.startswith("body template error: TypeError:")
+    assert broken.attempts == 0
+    assert broken.body == b""
+    assert fine.status == "succeeded"
+    assert sites(models, db) == ["ams1"]  # the user's commit went through
+
+
+def test_output_cap(webhooks, db, models, receiver, make_hook):
+    make_hook(body_template="{% for i in range(100000) %}{{ 'x' * 200 }}{% endfor %}")
+    add_site(models, db)
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert f"longer than {MAX_RENDERED_CHARS} characters" in delivery.last_error
+    assert receiver.requests == []
+    assert sites(models, db) == ["ams1"]
+
+
+# -- headers ------------------------------------------------------------------
+
+
+def test_additional_headers_are_rendered(webhooks, db, models, receiver, make_hook):
+    hook = make_hook(
+        name="hdr",
+        additional_headers=(
+            "\n"
+            "Authorization: Bearer static-token\n"
+            "X-Site: {{ data.name }}\n"
+            "\n"
+            "X-Event: {{ event }}/{{ model }}\r\n"
+            "X-Hook: {{ webhook.name }}#{{ webhook.id }}\n"
+            "X-Tags: {{ data.tags|map(attribute='slug')|join(',') }}\n"
+        ),
+    )
+    db.session.add(models.Tag(slug="prod"))
+    add_site(models, db, tags=[db.session.scalars(sa.select(models.Tag)).one()])
+    (req,) = receiver.wait_for(1)
+    assert req.headers["Authorization"] == "Bearer static-token"
+    assert req.headers["X-Site"] == "ams1"
+    assert req.headers["X-Event"] == "created/site"
+    assert req.headers["X-Hook"] == f"hdr#{hook.id}"
+    assert req.headers["X-Tags"] == "prod"
+    (delivery,) = deliveries(webhooks, db)
+    # The log shows the headers that were sent, credentials masked.
+    assert delivery.request_headers["X-Site"] == "ams1"
+    assert delivery.request_headers["Authorization"] == "<redacted>"
+
+
+def test_signature_header_wins_over_additional_headers(
+    webhooks, db, models, receiver, make_hook
+):
+    make_hook(additional_headers="X-Hook-Signature: forged\nX-Webhook-ID: forged")
+    add_site(models, db)
+    (req,) = receiver.wait_for(1)
+    assert req.headers["X-Hook-Signature"] != "forged"
+    assert req.headers["X-Webhook-ID"] == deliveries(webhooks, db)[0].id
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "evil\r\nX-Injected: yes",
+        "evil\nX-Injected: yes",
+        "evil\rX-Injected: yes",
+        "evil\x0b",
+        "trailing newline\n",
+    ],
+    ids=["crlf", "lf", "cr", "vertical-tab", "trailing-lf"],
+)
+def test_header_injection_is_refused_and_nothing_sent(
+    webhooks, db, models, receiver, make_hook, name
+):
+    make_hook(additional_headers="X-Site: {{ data.name }}")
+    add_site(models, db, name=name)
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert delivery.last_error == (
+        "could not build the request: additional_headers 'X-Site': header "
+        "'X-Site': rendered value contains a line break or another control "
+        "character; not sent"
+    )
+    assert delivery.attempts == 0
+    assert receiver.requests == []
+    assert sites(models, db) == [name]
+
+
+def test_header_render_error_fails_at_send_time(
+    webhooks, db, models, receiver, make_hook
+):
+    make_hook(additional_headers="X-Count: {{ data.tags|length + data.name }}")
+    add_site(models, db)
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert delivery.last_error.startswith(
+        "could not build the request: additional_headers 'X-Count': TypeError"
+    )
+    assert receiver.requests == []
+
+
+# -- URL ----------------------------------------------------------------------
+
+
+def test_payload_url_is_rendered(webhooks, db, models, receiver, make_hook):
+    base = receiver.url.rsplit("/", 1)[0]
+    make_hook(
+        payload_url=(
+            base + "/hooks/{{ model }}/{{ data.id }}?name={{ data.name|urlencode }}"
+        )
+    )
+    site = add_site(models, db, name="ams 1/b")
+    (req,) = receiver.wait_for(1)
+    assert req.path == f"/hooks/site/{site.id}?name=ams%201/b"
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.request_url == base + req.path
+
+
+def test_payload_url_rendering_to_a_bad_url_fails(
+    webhooks, db, models, receiver, make_hook
+):
+    base = receiver.url.rsplit("/", 1)[0]
+    make_hook(payload_url=base + "/{{ data.name }}")
+    add_site(models, db, name="has space")
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert delivery.last_error == (
+        "could not build the request: payload_url rendered to "
+        f"{base + '/has space'!r}: must not contain spaces or control characters"
+    )
+    assert receiver.requests == []
+
+
+# -- sandbox ------------------------------------------------------------------
+
+#: Templates that try to reach Python internals; rendering them fails.
+ESCAPES_THAT_FAIL = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{{ joiner.__init__.__globals__ }}",
+    "{{ namespace.__init__.__globals__.__builtins__ }}",
+    "{{ lipsum.__globals__['os'].environ }}",
+    "{{ self.__init__.__globals__ }}",
+    "{{ data.__class__.__base__.__subclasses__() }}",
+    "{{ data.__setitem__('name', 'x') }}",
+    "{{ data.update(name='x') }}",
+    "{{ data.tags.append(1) }}",
+    "{{ 'x' * 10 ** 9 }}",
+    "{{ ((10 ** 100) ** 100) ** 100 }}",
+    "{% for i in range(10 ** 7) %}{% endfor %}",
+]
+#: Templates that render, but to nothing useful: undefined or unsafe values
+#: are empty, Flask objects are not in the context, the secret is not either.
+ESCAPES_THAT_RENDER_EMPTY = [
+    "{{ lipsum.__globals__ }}",
+    "{{ self._TemplateReference__context }}",
+    "{{ range.__self__ }}",
+    "{{ data.items.__self__ }}",
+    "{{ '{0.__class__}'.format(data) }}",
+    "{{ ''.join.__self__ }}",
+    "{{ config }}{{ request }}{{ g }}{{ session }}{{ url_for }}{{ current_app }}",
+    "{{ webhook.secret }}{{ webhook.payload_url }}{{ webhook.additional_headers }}",
+    "{{ secret }}{{ os }}{{ __builtins__ }}",
+]
+_LEAKS = (SECRET, "<module", "<class", "<function", "environ", "/usr/", "root:")
+
+
+def _no_leak(text):
+    for marker in _LEAKS:
+        assert marker not in text
+
+
+@pytest.mark.parametrize("template", ESCAPES_THAT_FAIL)
+def test_sandbox_escape_in_body_fails_safely(
+    webhooks, db, models, receiver, make_hook, template
+):
+    make_hook(secret=SECRET, body_template=template)
+    add_site(models, db)
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert delivery.last_error.startswith("body template error: ")
+    assert "Error" in delivery.last_error
+    _no_leak(delivery.last_error)
+    assert receiver.requests == []
+    assert sites(models, db) == ["ams1"]
+
+
+@pytest.mark.parametrize("template", ESCAPES_THAT_RENDER_EMPTY)
+def test_sandbox_escape_in_body_renders_harmlessly(
+    webhooks, db, models, receiver, make_hook, template
+):
+    make_hook(secret=SECRET, body_template="[" + template + "]")
+    add_site(models, db)
+    (req,) = receiver.wait_for(1)
+    assert req.body == b"[]"
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "succeeded"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ cycler.__init__.__globals__.os.environ }}",
+        "{{ ''.__class__.__mro__ }}",
+        "{{ data.update(name='x') }}",
+    ],
+)
+def test_sandbox_escape_in_headers_and_url_fails_safely(
+    webhooks, db, models, receiver, make_hook, template
+):
+    make_hook(name="in-header", secret=SECRET, additional_headers=f"X-Try: {template}")
+    make_hook(name="in-url", secret=SECRET, payload_url=receiver.url + "/" + template)
+    add_site(models, db)
+    header, url = deliveries(webhooks, db)
+    for delivery in (header, url):
+        assert delivery.status == "failed"
+        assert delivery.last_error.startswith("could not build the request: ")
+        assert "SecurityError" in delivery.last_error
+        _no_leak(delivery.last_error)
+    assert "additional_headers 'X-Try'" in header.last_error
+    assert receiver.requests == []
+    assert sites(models, db) == ["ams1"]
+
+
+def test_template_cannot_change_what_other_webhooks_see(
+    webhooks, db, models, receiver, make_hook
+):
+    make_hook(name="a", body_template="{% set x = data.pop('name') %}{{ data }}")
+    make_hook(name="b", body_template="{{ data.name }}")
+    add_site(models, db)
+    (req,) = receiver.wait_for(1)
+    assert req.body == b"ams1"
+    mutator = deliveries(webhooks, db)[0]
+    assert mutator.webhook_name == "a"
+    assert "SecurityError" in mutator.last_error
+
+
+# -- the rendering functions ---------------------------------------------------
+
+
+def test_syntax_check_never_runs_the_template():
+    # Constant expressions are not folded at compile time: checking these on
+    # save is instant and allocates nothing big.
+    assert template_syntax_error("{{ 'x'|center(2000000000) }}") is None
+    assert template_syntax_error("{{ 'x' * 10 ** 10 }}") is None
+    assert template_syntax_error("{{ 10 ** 10 ** 10 ** 10 }}") is None
+
+
+def test_syntax_errors_name_the_line():
+    assert template_syntax_error("ok\n{{ broken") == (
+        "line 2: unexpected end of template, expected 'end of print statement'."
+    )
+    assert template_syntax_error("{{ x|nosuch }}") == (
+        "line 1: No filter named 'nosuch'."
+    )
+    assert template_syntax_error("no template") is None
+
+
+def test_render_basics():
+    context = {"data": {"n": D("1.5"), "when": dt.date(2026, 1, 2), "s": {"b", "a"}}}
+    assert render("plain {not a template", context) == "plain {not a template"
+    assert render("{{ data.n|json }}|{{ data.when|json }}", context) == (
+        '"1.5"|"2026-01-02"'
+    )
+    assert render("{{ data.s|json }}", context) == '["a", "b"]'
+    assert render("{{ missing }}|{{ data.nothing|default('d') }}", context) == "|d"
+    assert render("{{ '<b>' }}", context) == "<b>"  # no HTML escaping
+    assert render("line\n", context) == "line\n"
+    with pytest.raises(RenderError, match="UndefinedError"):
+        render("{{ missing.deeper.still }}", context)
