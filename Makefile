@@ -35,9 +35,12 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# -E: read every page each time, so warnings of unchanged pages fail too.
 docs: $(STAMP)
-	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	$(BIN)/sphinx-build -E -W --keep-going -b html docs docs/_build/html
 
+# Initialises instance/ (SQLite database and queue) on first run, starts the
+# example app with embedded workers on 127.0.0.1:$(PORT); Ctrl-C stops it.
 demo: $(STAMP)
 	PORT=$(PORT) $(BIN)/python -m example_app
 
