@@ -38,6 +38,13 @@ def sqlite_savepoint_workaround(engine: sa.Engine) -> None:
         conn.exec_driver_sql("BEGIN")
 
 
+def drop_every_table(engine: sa.Engine) -> None:
+    """Start from an empty shared database, whatever an earlier test left."""
+    meta = sa.MetaData()
+    meta.reflect(engine)
+    meta.drop_all(engine)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def database_url(request: pytest.FixtureRequest, tmp_path: t.Any) -> str:
     if request.param == "postgres":
@@ -88,6 +95,8 @@ def db(app: Flask) -> t.Iterator[SQLAlchemy]:
     db = SQLAlchemy(app)
     if db.engine.dialect.name == "sqlite":
         sqlite_savepoint_workaround(db.engine)
+    else:
+        drop_every_table(db.engine)
     yield db
     db.session.remove()
     if db.engine.dialect.name != "sqlite":
