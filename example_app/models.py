@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
 from sqlalchemy.orm import relationship
+from sqlalchemy.orm import validates
 
 from .extensions import db
 
@@ -38,6 +39,16 @@ class Status(enum.Enum):
 
     def __str__(self) -> str:
         return self.label
+
+    @classmethod
+    def coerce(cls, value: Status | str) -> Status:
+        """A member from a member, its name or its value (forms send strings)."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls[str(value)]
+        except KeyError:
+            return cls(str(value))
 
 
 site_tags = db.Table(
@@ -93,6 +104,10 @@ class Site(db.Model):  # type: ignore[name-defined,misc]
         back_populates="site", cascade="all, delete-orphan", order_by="Device.name"
     )
 
+    @validates("status")
+    def _status(self, key: str, value: Status | str) -> Status:
+        return Status.coerce(value)
+
     def __str__(self) -> str:
         return self.name
 
@@ -113,6 +128,10 @@ class Device(db.Model):  # type: ignore[name-defined,misc]
 
     site: Mapped[Site] = relationship(back_populates="devices")
     tenant: Mapped[Tenant | None] = relationship()
+
+    @validates("status")
+    def _status(self, key: str, value: Status | str) -> Status:
+        return Status.coerce(value)
 
     __table_args__ = (sa.UniqueConstraint("site_id", "name"),)
 

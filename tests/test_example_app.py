@@ -196,35 +196,71 @@ def test_received_payload_is_the_netbox_payload(live: LiveApp) -> None:
         ]
 
 
-def test_admin_change_arrives_verified(live: LiveApp) -> None:
-    new_url = f"{live.url}/admin/inventory_tag/new/"
-    form = live.http.get(new_url)
+def _admin_form(live: LiveApp, url: str, **fields: t.Any) -> requests.Response:
+    """Submit a Flask-Admin form like a browser: GET it for the CSRF token, POST."""
+    form = live.http.get(url)
     assert form.status_code == 200
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', form.text)
     assert token is not None, "the admin form has a CSRF token"
-    saved = live.http.post(
-        new_url,
-        data={
-            "csrf_token": token.group(1),
-            "name": "Core",
-            "slug": "core",
-            "color": "000000",
-        },
-        allow_redirects=False,
+    return live.http.post(
+        url, data={"csrf_token": token.group(1), **fields}, allow_redirects=False
+    )
+
+
+def test_admin_changes_arrive_verified(live: LiveApp) -> None:
+    saved = _admin_form(
+        live,
+        f"{live.url}/admin/inventory_site/new/",
+        name="Vienna 1",
+        slug="vie1",
+        status="planned",  # a select: the form sends the enum's name
+        tenant="2",
+        tags=["1", "3"],
+        description="",
     )
     assert saved.status_code == 302, saved.text
     (entry,) = live.received()
     assert (entry["event"], entry["model"], entry["verified"]) == (
         "created",
-        "tag",
+        "site",
         True,
     )
+    with live.app.app_context():
+        received = db.session.scalars(sa.select(ReceivedWebhook)).one()
+        data = json.loads(received.body)["data"]
+    assert data["status"] == {"value": "planned", "label": "Planned"}
+    assert data["tenant"]["slug"] == "globex"
+    assert [tag["slug"] for tag in data["tags"]] == ["lab", "prod"]
+
+    site_id = entry["object_id"]
+    edit_page = live.http.get(f"{live.url}/admin/inventory_site/edit/?id={site_id}")
+    assert '<option selected value="planned">Planned</option>' in edit_page.text, (
+        "the edit form shows the current status, so saving does not change it"
+    )
+    edited = _admin_form(
+        live,
+        f"{live.url}/admin/inventory_site/edit/?id={site_id}",
+        name="Vienna 1",
+        slug="vie1",
+        status="active",
+        tenant="2",
+        tags=["1"],
+        description="",
+    )
+    assert edited.status_code == 302, edited.text
+    entries = live.received()
+    assert [(e["event"], e["verified"]) for e in entries] == [
+        ("updated", True),
+        ("created", True),
+    ], "one event for the status and tags change"
 
     # Without the CSRF token nothing is saved, and nothing is sent.
-    refused = live.http.post(new_url, data={"name": "Evil", "slug": "evil"})
-    assert "Evil" not in live.http.get(f"{live.url}/admin/inventory_tag/").text
+    refused = live.http.post(
+        f"{live.url}/admin/inventory_tag/new/", data={"name": "Evil", "slug": "evil"}
+    )
     assert refused.status_code == 200
-    assert len(live.received()) == 1
+    assert "Evil" not in live.http.get(f"{live.url}/admin/inventory_tag/").text
+    assert len(live.received()) == 2
 
 
 def test_admin_has_the_webhook_screens(live: LiveApp) -> None:
