@@ -80,6 +80,8 @@ Press Ctrl-C to stop.
 """,
         flush=True,
     )
+    # Also when started with SIGINT ignored (a background job of a script).
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()
