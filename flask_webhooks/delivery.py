@@ -1,8 +1,24 @@
 """Sending one delivery: claim, build the request, send, record, schedule.
 
-Per attempt the database sees one claim ``UPDATE`` (the lease), one read of
-the delivery and its webhook, and one transaction recording the result (the
-delivery row, the attempt row and the webhook's health).
+Per attempt the database sees two short transactions:
+
+1. the *claim*: one conditional ``UPDATE ... RETURNING`` that takes the lease
+   (status ``delivering``, ``leased_until``, ``attempts + 1``) only if the row
+   is due and nobody holds it, plus a read of its webhook;
+2. the *result*: the delivery row, the attempt row and, when the delivery
+   ends, the webhook's health, in one transaction.
+
+The lease outlives the longest request (connect timeout + read timeout +
+``WEBHOOKS_LEASE_MARGIN``). The result is written only while the row is still
+ours (status ``delivering`` and the attempt number we claimed): a worker that
+overran its lease and lost the row to another worker records its attempt in
+the history but does not overwrite the newer outcome.
+
+:func:`sweep` finds what a lost enqueue, a flushed queue or a killed worker
+left behind. The periodic sweeper marks the rows it enqueues by setting
+``leased_until`` on ``pending``/``retrying`` rows ("queued by the sweeper
+until"), so several sweepers do not enqueue the same row again and again
+while a backlog drains; a worker's claim ignores that mark.
 """
 
 from __future__ import annotations
@@ -11,6 +27,7 @@ import datetime as dt
 import json
 import logging
 import random
+import time
 import typing as t
 from dataclasses import dataclass
 
@@ -26,26 +43,49 @@ from .transport import HTTPRequest
 from .transport import HTTPResult
 
 if t.TYPE_CHECKING:
+    from .extension import Config
     from .extension import WebhooksState
 
 logger = logging.getLogger("flask_webhooks.delivery")
 
 USER_AGENT = f"flask-webhooks/{__version__}"
-#: Longest wait a ``Retry-After`` header can ask for.
+#: Longest wait a ``Retry-After`` header can ask for (24 hours).
 MAX_RETRY_AFTER = 24 * 3600.0
-#: Extra time a lease lasts beyond the request timeouts.
-LEASE_MARGIN = 30.0
+#: Shortest wait a ``Retry-After`` header can ask for.
+MIN_RETRY_AFTER = 1.0
+#: A task may arrive this early (clock skew between hosts) and still claim.
+EARLY_TOLERANCE = dt.timedelta(seconds=1)
+#: The health columns of a webhook are rewritten after a success at most this
+#: often (every success would otherwise update the same hot row).
+HEALTH_WRITE_INTERVAL = dt.timedelta(seconds=1)
+#: Ids per ``IN (...)`` list and per enqueue batch.
+CHUNK = 500
+
+_CLAIMABLE = (m.PENDING, m.RETRYING)
+_REQUEUEABLE = (m.FAILED, m.RETRYING, m.CANCELLED, m.PENDING)
+_FINAL = (m.SUCCEEDED, m.FAILED)
 
 
 @dataclass
 class Outcome:
-    """What one call of :func:`deliver` did."""
+    """What one call of :func:`deliver` did.
+
+    :param claimed: False when the delivery was not due, already leased by
+        another worker, or finished; nothing was done then.
+    :param status: the delivery's new status; None when it was not claimed,
+        or when another worker took it over while this attempt ran (the
+        attempt is in the history, the other worker's outcome stands).
+    :param retry_in: seconds until the next attempt (status ``retrying``).
+    :param result: the HTTP result, when a request was sent.
+    :param disabled_reason: set when this attempt disabled the webhook.
+    """
 
     delivery_id: str
     claimed: bool
     status: str | None = None
     retry_in: float | None = None
     result: HTTPResult | None = None
+    disabled_reason: str | None = None
 
 
 def retry_delay(
@@ -53,21 +93,38 @@ def retry_delay(
     attempts: int,
     *,
     retry_after: float | None = None,
+    at_least_step: bool = False,
     rng: random.Random | None = None,
 ) -> float | None:
     """Seconds to wait after the ``attempts``-th failed attempt, or None when
-    the schedule is exhausted.
+    the schedule is exhausted (``len(schedule) + 1`` attempts made).
 
-    The step gets +/-20 % jitter; a ``Retry-After`` can lengthen the wait (up
-    to :data:`MAX_RETRY_AFTER`) but never shorten it below the step.
+    The schedule step gets +/-20 % jitter. A ``Retry-After`` from the
+    receiver replaces it, clamped to [:data:`MIN_RETRY_AFTER`,
+    :data:`MAX_RETRY_AFTER`] (never below a step that is itself shorter than
+    the minimum). With ``at_least_step`` (a 429 or a timeout: the receiver is
+    overloaded) the wait is never shorter than the jittered step.
+
+    :param rng: the random source for the jitter (tests pass a seeded one).
     """
     if attempts < 1 or attempts > len(schedule):
         return None
-    step = float(schedule[attempts - 1])
-    delay = step * (rng or random).uniform(0.8, 1.2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
-    return delay
+    step = float(schedule[attempts - 1]) * (rng or random).uniform(0.8, 1.2)
+    if retry_after is None:
+        return step
+    wanted = min(max(retry_after, min(MIN_RETRY_AFTER, step)), MAX_RETRY_AFTER)
+    return max(wanted, step) if at_least_step else wanted
+
+
+def lease_seconds(config: Config, hook_timeout: float | None = None) -> float:
+    """How long a claim lasts: connect + read timeout + the lease margin."""
+    timeout = max(config.timeout, float(hook_timeout or 0))
+    return config.connect_timeout + timeout + config.lease_margin
+
+
+def _claim_columns(table: sa.Table) -> list[sa.ColumnElement[t.Any]]:
+    c = table.c
+    return [c.id, c.webhook_id, c.attempts, c.body, c.payload, c.content_type]
 
 
 def claim(
@@ -76,20 +133,29 @@ def claim(
     delivery_id: str,
     now: dt.datetime,
     lease: float,
-) -> bool:
-    """Atomically take the delivery for one attempt; False if someone else has it
-    or it is not due."""
+) -> sa.Row[t.Any] | None:
+    """Atomically take the delivery for one attempt.
+
+    One conditional ``UPDATE``: it matches only a ``pending``/``retrying`` row
+    that is due, or a ``delivering`` row whose lease has expired (its worker
+    died). Returns the claimed row (``id``, ``webhook_id``, ``attempts`` (this
+    attempt's number), ``body``, ``payload``, ``content_type``), or None if
+    someone else has it or it is not due.
+    """
     c = table.c
     due = sa.or_(
-        c.next_attempt_at.is_(None), c.next_attempt_at <= now + dt.timedelta(seconds=1)
+        c.next_attempt_at.is_(None), c.next_attempt_at <= now + EARLY_TOLERANCE
     )
     stmt = (
         sa.update(table)
         .where(c.id == delivery_id)
         .where(
             sa.or_(
-                sa.and_(c.status.in_((m.PENDING, m.RETRYING)), due),
-                sa.and_(c.status == m.DELIVERING, c.leased_until < now),
+                sa.and_(c.status.in_(_CLAIMABLE), due),
+                sa.and_(
+                    c.status == m.DELIVERING,
+                    sa.or_(c.leased_until.is_(None), c.leased_until < now),
+                ),
             )
         )
         .values(
@@ -99,64 +165,83 @@ def claim(
             updated_at=now,
         )
     )
-    return conn.execute(stmt).rowcount == 1
+    if conn.dialect.update_returning:
+        return conn.execute(stmt.returning(*_claim_columns(table))).one_or_none()
+    if conn.execute(stmt).rowcount != 1:
+        return None
+    return conn.execute(
+        sa.select(*_claim_columns(table)).where(c.id == delivery_id)
+    ).one()
 
 
 def deliver(
-    ext: WebhooksState, delivery_id: str, *, now: dt.datetime | None = None
+    ext: WebhooksState,
+    delivery_id: str,
+    *,
+    now: dt.datetime | None = None,
+    rng: random.Random | None = None,
 ) -> Outcome:
-    """Make one attempt of ``delivery_id`` (call inside an app context)."""
+    """Make one attempt of ``delivery_id``.
+
+    Claims the row, sends the request, records the attempt, sets
+    ``succeeded``, ``retrying`` (and schedules the retry) or ``failed``, then
+    sends the signals. Never raises for HTTP problems; database errors
+    propagate (the row is then recovered by :func:`sweep`).
+
+    :param now: the time of the attempt (tests pin it); ``next_attempt_at``
+        is ``now`` + the request's duration + the retry delay.
+    :param rng: random source for the retry jitter.
+    """
     D = ext.models.Delivery.__table__
     W = ext.models.Webhook.__table__
-    engine = ext.engine()
-    now = now or m.utcnow()
     cfg = ext.config
-    lease = cfg.connect_timeout + cfg.timeout + LEASE_MARGIN
+    engine = ext.engine()
+    start = now or m.utcnow()
     with engine.begin() as conn:
-        if not claim(conn, D, delivery_id, now, lease):
+        row = claim(conn, D, delivery_id, start, lease_seconds(cfg))
+        if row is None:
             return Outcome(delivery_id, claimed=False)
-    with engine.connect() as conn:
-        row = conn.execute(sa.select(D).where(D.c.id == delivery_id)).one()
         hook = None
         if row.webhook_id is not None:
             hook = conn.execute(
                 sa.select(W).where(W.c.id == row.webhook_id)
             ).one_or_none()
-    attempt_no = row.attempts
-    if hook is not None and hook.timeout and float(hook.timeout) > cfg.timeout:
-        # This webhook may take longer than the lease allows: extend it.
-        with engine.begin() as conn:
+        if hook is not None and hook.timeout and float(hook.timeout) > cfg.timeout:
+            # This webhook may take longer than the default lease allows.
+            lease = lease_seconds(cfg, float(hook.timeout))
             conn.execute(
                 sa.update(D)
                 .where(D.c.id == delivery_id)
-                .values(
-                    leased_until=now
-                    + dt.timedelta(
-                        seconds=cfg.connect_timeout + float(hook.timeout) + LEASE_MARGIN
-                    )
-                )
+                .values(leased_until=start + dt.timedelta(seconds=lease))
             )
-    started = m.utcnow()
+    attempt = int(row.attempts)
     if hook is None:
-        return _finish_without_sending(
-            ext, row, m.FAILED, "webhook was deleted", started
-        )
+        return _finish_unsent(ext, row, attempt, None, "webhook was deleted", start)
     if not hook.enabled:
         reason = "webhook is disabled" + (
             f": {hook.disabled_reason}" if hook.disabled_reason else ""
         )
-        return _finish_without_sending(ext, row, m.FAILED, reason, started)
-
+        return _finish_unsent(ext, row, attempt, hook, reason, start)
     try:
-        request = build_request(ext, row, hook, attempt_no)
+        request = build_request(ext, row, hook, attempt)
     except Exception as e:
-        return _finish_without_sending(
-            ext, row, m.FAILED, f"could not build the request: {e}", started
+        return _finish_unsent(
+            ext,
+            row,
+            attempt,
+            hook,
+            f"could not build the request: {e}",
+            start,
+            count_failure=True,
         )
-    result = ext.transport().send(request)
 
-    disable_reason = None
-    retry_in = None
+    result = ext.transport().send(request)
+    finished = (
+        start + dt.timedelta(seconds=result.duration) if now is not None else m.utcnow()
+    )
+
+    disable_reason: str | None = None
+    retry_in: float | None = None
     if result.ok:
         status = m.SUCCEEDED
     elif result.status_code == 410:
@@ -165,63 +250,110 @@ def deliver(
     elif not result.retryable:
         status = m.FAILED
     else:
+        overloaded = result.status_code == 429 or result.error_kind == "timeout"
         retry_in = retry_delay(
-            cfg.retry_schedule, attempt_no, retry_after=result.retry_after
+            cfg.retry_schedule,
+            attempt,
+            retry_after=result.retry_after,
+            at_least_step=overloaded,
+            rng=rng,
         )
         status = m.RETRYING if retry_in is not None else m.FAILED
     error = None if result.ok else result.error
-    finished = m.utcnow()
     next_at = (
         finished + dt.timedelta(seconds=retry_in) if retry_in is not None else None
     )
+    duration_ms = round(result.duration * 1000, 3)
+    stored_headers = _redact(request.headers)
+    response_headers = result.headers or None
 
     with engine.begin() as conn:
-        conn.execute(
-            sa.update(D)
-            .where(D.c.id == row.id)
-            .values(
-                status=status,
-                leased_until=None,
-                next_attempt_at=next_at,
-                last_status_code=result.status_code,
-                last_error=_clip(error),
-                updated_at=finished,
-                completed_at=finished if status in (m.SUCCEEDED, m.FAILED) else None,
-                request_method=request.method,
-                request_url=request.url[:2000],
-                request_headers=_redact(request.headers),
-                response_headers=result.headers or None,
-                response_body=result.body_excerpt,
-                duration_ms=round(result.duration * 1000, 3),
-            )
+        owned = (
+            conn.execute(
+                sa.update(D)
+                .where(
+                    D.c.id == row.id,
+                    D.c.status == m.DELIVERING,
+                    D.c.attempts == attempt,
+                )
+                .values(
+                    status=status,
+                    leased_until=None,
+                    next_attempt_at=next_at,
+                    last_status_code=result.status_code,
+                    last_error=_clip(error),
+                    updated_at=finished,
+                    completed_at=finished if status in _FINAL else None,
+                    request_method=request.method,
+                    request_url=request.url[:2000],
+                    request_headers=stored_headers,
+                    response_headers=response_headers,
+                    response_body=result.body_excerpt,
+                    duration_ms=duration_ms,
+                )
+            ).rowcount
+            == 1
         )
         conn.execute(
             sa.insert(ext.models.DeliveryAttempt.__table__).values(
                 delivery_id=row.id,
-                number=attempt_no,
-                started_at=started,
-                duration_ms=round(result.duration * 1000, 3),
+                number=attempt,
+                started_at=start,
+                duration_ms=duration_ms,
                 status_code=result.status_code,
                 error=_clip(error),
                 request_url=request.url[:2000],
-                request_headers=_redact(request.headers),
-                response_headers=result.headers or None,
+                request_headers=stored_headers,
+                response_headers=response_headers,
                 response_body=result.body_excerpt,
             )
         )
-        if status in (m.SUCCEEDED, m.FAILED):
-            disable_reason = _record_health(
-                ext, conn, hook, status, finished, disable_reason
-            )
+        disabled = None
+        if owned and status in _FINAL:
+            disabled = _record_health(ext, conn, hook, status, finished, disable_reason)
+    if not owned:
+        logger.warning(
+            "flask-webhooks: delivery %s attempt %d outlived its lease; another "
+            "worker took the delivery over, this attempt's result is only kept "
+            "in the attempt history",
+            row.id,
+            attempt,
+        )
+        return Outcome(row.id, True, None, None, result)
 
-    ext.after_attempt(row.id, status, retry_in, hook, disable_reason, error)
-    return Outcome(row.id, True, status, retry_in, result)
+    _after_attempt(
+        ext,
+        row.id,
+        status,
+        retry_in,
+        hook,
+        disabled,
+        error=error,
+        status_code=result.status_code,
+        attempts=attempt,
+    )
+    return Outcome(row.id, True, status, retry_in, result, disabled)
 
 
 def build_request(
-    ext: WebhooksState, row: t.Any, hook: t.Any, attempt: int
+    ext: WebhooksState,
+    row: t.Any,
+    hook: t.Any,
+    attempt: int,
+    *,
+    timestamp: int | None = None,
 ) -> HTTPRequest:
-    """The HTTP request for one attempt, signed for this attempt."""
+    """The HTTP request for one attempt, signed for this attempt.
+
+    The body bytes are the stored ones (identical on every attempt); URL and
+    additional headers are rendered from the stored payload when they are
+    templates. Timeouts: the webhook's ``timeout`` (else ``WEBHOOKS_TIMEOUT``)
+    for reads, ``WEBHOOKS_CONNECT_TIMEOUT`` (never longer than the read
+    timeout) for connecting. TLS: ``ssl_verification`` and ``ca_file_path``.
+
+    :param timestamp: Unix time for the Standard Webhooks signature (default
+        now).
+    """
     body: bytes = row.body or b""
     needs_context = "{" in (hook.payload_url or "") or "{" in (
         hook.additional_headers or ""
@@ -241,7 +373,11 @@ def build_request(
     # Signatures are set last: they win over additional headers.
     headers.update(
         signature_headers(
-            hook.signature_scheme or "netbox", hook.secret or "", row.id, body
+            hook.signature_scheme or "netbox",
+            hook.secret or "",
+            row.id,
+            body,
+            timestamp=int(time.time()) if timestamp is None else timestamp,
         )
     )
     timeout = float(hook.timeout) if hook.timeout else ext.config.timeout
@@ -276,27 +412,57 @@ def _clip(text: str | None, limit: int = 4000) -> str | None:
     return text[: limit - 1] + "…"
 
 
-def _finish_without_sending(
-    ext: WebhooksState, row: t.Any, status: str, reason: str, now: dt.datetime
+def _finish_unsent(
+    ext: WebhooksState,
+    row: t.Any,
+    attempt: int,
+    hook: t.Any,
+    reason: str,
+    now: dt.datetime,
+    *,
+    count_failure: bool = False,
 ) -> Outcome:
+    """End a claimed delivery as ``failed`` without sending anything."""
     D = ext.models.Delivery.__table__
+    disabled = None
     with ext.engine().begin() as conn:
-        conn.execute(
-            sa.update(D)
-            .where(D.c.id == row.id)
-            .values(
-                status=status,
-                leased_until=None,
-                next_attempt_at=None,
-                last_error=reason,
-                updated_at=now,
-                completed_at=now,
-                # Nothing was sent: this does not count as an attempt.
-                attempts=D.c.attempts - 1,
-            )
+        owned = (
+            conn.execute(
+                sa.update(D)
+                .where(
+                    D.c.id == row.id,
+                    D.c.status == m.DELIVERING,
+                    D.c.attempts == attempt,
+                )
+                .values(
+                    status=m.FAILED,
+                    leased_until=None,
+                    next_attempt_at=None,
+                    last_error=_clip(reason),
+                    updated_at=now,
+                    completed_at=now,
+                    # Nothing was sent: this does not count as an attempt.
+                    attempts=D.c.attempts - 1,
+                )
+            ).rowcount
+            == 1
         )
-    ext.after_attempt(row.id, status, None, None, None, reason)
-    return Outcome(row.id, True, status)
+        if owned and count_failure and hook is not None:
+            disabled = _record_health(ext, conn, hook, m.FAILED, now, None)
+    if not owned:
+        return Outcome(row.id, True, None)
+    _after_attempt(
+        ext,
+        row.id,
+        m.FAILED,
+        None,
+        hook,
+        disabled,
+        error=reason,
+        status_code=None,
+        attempts=attempt - 1,
+    )
+    return Outcome(row.id, True, m.FAILED, disabled_reason=disabled)
 
 
 def _record_health(
@@ -307,85 +473,293 @@ def _record_health(
     now: dt.datetime,
     disable_reason: str | None,
 ) -> str | None:
-    """Update the webhook's failure streak; disable it when configured to."""
+    """Update the webhook's failure streak; disable it when it must be.
+
+    Returns the reason if this call disabled the webhook (so the
+    ``webhook_disabled`` signal is sent once, by the worker that did it).
+    ``updated_at`` is left alone unless the webhook is disabled: the capture
+    index reloads webhooks when it moves.
+    """
     W = ext.models.Webhook.__table__
-    values: dict[str, t.Any] = {"last_delivery_status": status, "last_delivery_at": now}
+    c = W.c
+    where = c.id == hook.id
     if status == m.SUCCEEDED:
-        values["consecutive_failures"] = 0
+        last_at = hook.last_delivery_at
+        if (
+            not hook.consecutive_failures
+            and hook.last_delivery_status == m.SUCCEEDED
+            and last_at is not None
+            and abs(now - last_at) < HEALTH_WRITE_INTERVAL
+        ):
+            return None  # nothing new to say: spare the hot row a write
+        conn.execute(
+            sa.update(W)
+            .where(where)
+            .values(
+                consecutive_failures=0,
+                last_delivery_status=m.SUCCEEDED,
+                last_delivery_at=now,
+                updated_at=c.updated_at,
+            )
+        )
+        return None
+    stmt = (
+        sa.update(W)
+        .where(where)
+        .values(
+            consecutive_failures=c.consecutive_failures + 1,
+            last_delivery_status=m.FAILED,
+            last_delivery_at=now,
+            updated_at=c.updated_at,
+        )
+    )
+    limit = ext.config.disable_after_failures
+    if disable_reason is None and limit:
+        if conn.dialect.update_returning:
+            streak = conn.execute(stmt.returning(c.consecutive_failures)).scalar()
+        else:
+            conn.execute(stmt)
+            streak = conn.execute(
+                sa.select(c.consecutive_failures).where(where)
+            ).scalar()
+        if streak is not None and streak >= limit:
+            disable_reason = (
+                f"{streak} consecutive failed deliveries "
+                f"(WEBHOOKS_DISABLE_AFTER_FAILURES = {limit})"
+            )
     else:
-        streak = (hook.consecutive_failures or 0) + 1
-        values["consecutive_failures"] = W.c.consecutive_failures + 1
-        limit = ext.config.disable_after_failures
-        if disable_reason is None and limit and streak >= limit:
-            disable_reason = f"{streak} consecutive failed deliveries"
-    if disable_reason is not None:
-        values.update(
+        conn.execute(stmt)
+    if disable_reason is None:
+        return None
+    done = conn.execute(
+        sa.update(W)
+        .where(where, c.enabled.is_(True))
+        .values(
             enabled=False,
             disabled_reason=disable_reason,
             disabled_at=now,
             updated_at=now,
         )
-    conn.execute(sa.update(W).where(W.c.id == hook.id).values(**values))
-    return disable_reason
+    ).rowcount
+    return disable_reason if done == 1 else None
+
+
+def _after_attempt(
+    ext: WebhooksState,
+    delivery_id: str,
+    status: str,
+    retry_in: float | None,
+    hook: t.Any,
+    disabled_reason: str | None,
+    *,
+    error: str | None,
+    status_code: int | None,
+    attempts: int,
+) -> None:
+    """Schedule the next attempt and send signals (after the result committed)."""
+    from . import signals
+
+    if status == m.RETRYING and retry_in is not None:
+        try:
+            ext.enqueue([delivery_id], delay=retry_in)
+        except Exception:
+            logger.exception(
+                "flask-webhooks: scheduling a retry of %s failed; sweep() will "
+                "enqueue it when it is due",
+                delivery_id,
+            )
+    webhook_id = hook.id if hook is not None else None
+    sends: list[tuple[t.Any, dict[str, t.Any]]] = []
+    common = {
+        "delivery_id": delivery_id,
+        "webhook_id": webhook_id,
+        "status_code": status_code,
+        "attempts": attempts,
+    }
+    if status == m.SUCCEEDED:
+        sends.append((signals.delivery_succeeded, common))
+    elif status == m.FAILED:
+        sends.append((signals.delivery_failed, {**common, "error": error}))
+    if disabled_reason is not None:
+        sends.append(
+            (
+                signals.webhook_disabled,
+                {
+                    "webhook_id": webhook_id,
+                    "webhook_name": hook.name if hook is not None else None,
+                    "reason": disabled_reason,
+                },
+            )
+        )
+    for signal, kwargs in sends:
+        try:
+            signal.send(ext.app, **kwargs)
+        except Exception:
+            logger.exception("flask-webhooks: a %s signal handler failed", signal.name)
+
+
+# -- sweeping ------------------------------------------------------------------
 
 
 def due_condition(table: sa.Table, now: dt.datetime) -> sa.ColumnElement[bool]:
-    """Deliveries that are due and not leased: what :func:`due_ids` finds."""
+    """Deliveries that are due and not leased by a worker at ``now``."""
     c = table.c
     return sa.or_(
         sa.and_(
-            c.status.in_((m.PENDING, m.RETRYING)),
+            c.status.in_(_CLAIMABLE),
             sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
         ),
-        sa.and_(
-            c.status == m.DELIVERING,
-            sa.or_(c.leased_until.is_(None), c.leased_until < now),
-        ),
+        _expired_lease(table, now),
+    )
+
+
+def _expired_lease(table: sa.Table, now: dt.datetime) -> sa.ColumnElement[bool]:
+    c = table.c
+    return sa.and_(
+        c.status == m.DELIVERING,
+        sa.or_(c.leased_until.is_(None), c.leased_until < now),
     )
 
 
 def due_ids(
     ext: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
 ) -> list[str]:
-    """Ids of deliveries that are due now and not leased by a live worker.
+    """Ids of deliveries that are due and not leased by a live worker:
+    ``pending`` rows, ``retrying`` rows whose ``next_attempt_at`` has come,
+    ``delivering`` rows whose lease expired (their worker died).
 
-    :param older_than: only rows due for at least this many seconds (the
-        periodic sweep leaves fresh rows to the enqueue that follows commit).
+    :param older_than: only rows due for at least this many seconds.
     """
     D = ext.models.Delivery.__table__
     now = now or m.utcnow()
     cutoff = now - dt.timedelta(seconds=older_than)
-    stmt = (
-        sa.select(D.c.id).where(due_condition(D, cutoff)).order_by(D.c.next_attempt_at)
+    c = D.c
+    stmt = sa.select(c.id).where(
+        sa.or_(
+            sa.and_(
+                c.status.in_(_CLAIMABLE),
+                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
+            ),
+            _expired_lease(D, now),
+        )
     )
     with ext.engine().connect() as conn:
-        return [r[0] for r in conn.execute(stmt)]
+        return list(conn.execute(stmt.order_by(c.next_attempt_at)).scalars())
 
 
-def requeue(ext: WebhooksState, ids: t.Sequence[str]) -> list[str]:
+def sweep(
+    ext: WebhooksState,
+    *,
+    now: dt.datetime | None = None,
+    older_than: float = 0.0,
+    hold: float | None = None,
+) -> int:
+    """Enqueue every delivery that is due and not leased; return the count.
+
+    Without ``hold`` this is :meth:`Webhooks.sweep`: everything due is
+    enqueued. The periodic sweeper passes ``hold``: the rows it enqueues are
+    marked (``leased_until = now + hold``) in one atomic ``UPDATE ...
+    RETURNING``, and marked rows are skipped until the mark expires, so
+    several sweepers and repeated sweeps over a large backlog enqueue each
+    row once per ``hold``. If the enqueue fails (queue down) the marks are
+    removed again.
+
+    :param older_than: leave rows due for less than this many seconds to the
+        enqueue that follows their commit.
+    """
+    now = now or m.utcnow()
+    if hold is None:
+        ids = due_ids(ext, now=now, older_than=older_than)
+        _enqueue(ext, ids)
+        return len(ids)
+    D = ext.models.Delivery.__table__
+    c = D.c
+    cutoff = now - dt.timedelta(seconds=older_than)
+    mark = now + dt.timedelta(seconds=hold)
+    fresh = sa.and_(
+        c.status.in_(_CLAIMABLE),
+        sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
+        sa.or_(c.leased_until.is_(None), c.leased_until < now),
+    )
+    engine = ext.engine()
+    with engine.begin() as conn:
+        expired = list(
+            conn.execute(sa.select(c.id).where(_expired_lease(D, now))).scalars()
+        )
+        stmt = sa.update(D).where(fresh).values(leased_until=mark)
+        if _nothing_to_write(conn, D, fresh):
+            marked = []
+        elif conn.dialect.update_returning:
+            marked = list(conn.execute(stmt.returning(c.id)).scalars())
+        else:
+            marked = list(conn.execute(sa.select(c.id).where(fresh)).scalars())
+            for chunk in _chunks(marked):
+                conn.execute(stmt.where(c.id.in_(chunk)))
+    ids = expired + marked
+    try:
+        _enqueue(ext, ids)
+    except Exception:
+        if marked:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(D)
+                    .where(c.status.in_(_CLAIMABLE), c.leased_until == mark)
+                    .values(leased_until=None)
+                )
+        raise
+    return len(ids)
+
+
+def _nothing_to_write(
+    conn: sa.Connection, table: sa.Table, where: sa.ColumnElement[bool]
+) -> bool:
+    """On SQLite, whether a conditional write would match no row.
+
+    SQLite commits even a no-op ``UPDATE`` with a database-wide exclusive
+    lock, which waits for every open reader (a web request's session, say).
+    Checking first keeps no-op retries and sweeps from blocking. The
+    ``UPDATE`` that follows still decides atomically.
+    """
+    if conn.dialect.name != "sqlite":
+        return False
+    return conn.execute(sa.select(table.c.id).where(where).limit(1)).first() is None
+
+
+def _enqueue(ext: WebhooksState, ids: list[str]) -> None:
+    if ids:
+        ext.enqueue(ids)
+
+
+def _chunks(ids: t.Sequence[str], size: int = CHUNK) -> t.Iterator[t.Sequence[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def requeue(
+    ext: WebhooksState, ids: t.Sequence[str], *, now: dt.datetime | None = None
+) -> list[str]:
     """Make deliveries due now (manual retry); returns the ids that changed.
 
-    Deliveries being sent or already succeeded are left alone.
+    One conditional ``UPDATE`` (with ``RETURNING`` where the dialect has it)
+    per chunk of ids: ``failed``, ``retrying``, ``cancelled`` and ``pending``
+    deliveries become ``pending``; deliveries being sent or already succeeded
+    are left alone. The attempt count goes on, so a delivery that exhausted
+    its schedule gets one more attempt.
     """
     if not ids:
         return []
     D = ext.models.Delivery.__table__
-    now = m.utcnow()
     c = D.c
+    now = now or m.utcnow()
+    changed: list[str] = []
     with ext.engine().begin() as conn:
-        changed = [
-            r[0]
-            for r in conn.execute(
-                sa.select(c.id).where(
-                    c.id.in_(ids),
-                    c.status.in_((m.FAILED, m.RETRYING, m.CANCELLED, m.PENDING)),
-                )
-            )
-        ]
-        if changed:
-            conn.execute(
+        for chunk in _chunks(list(dict.fromkeys(str(i) for i in ids))):
+            where = sa.and_(c.id.in_(chunk), c.status.in_(_REQUEUEABLE))
+            if _nothing_to_write(conn, D, where):
+                continue
+            stmt = (
                 sa.update(D)
-                .where(c.id.in_(changed))
+                .where(where)
                 .values(
                     status=m.PENDING,
                     next_attempt_at=now,
@@ -394,4 +768,17 @@ def requeue(ext: WebhooksState, ids: t.Sequence[str]) -> list[str]:
                     updated_at=now,
                 )
             )
+            if conn.dialect.update_returning:
+                changed.extend(conn.execute(stmt.returning(c.id)).scalars())
+            else:
+                conn.execute(stmt)
+                changed.extend(
+                    conn.execute(
+                        sa.select(c.id).where(
+                            c.id.in_(chunk),
+                            c.status == m.PENDING,
+                            c.updated_at == now,
+                        )
+                    ).scalars()
+                )
     return changed

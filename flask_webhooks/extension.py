@@ -52,6 +52,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_DENIED_NETWORKS": None,
     "WEBHOOKS_USERNAME_GETTER": None,
     "WEBHOOKS_SWEEP_INTERVAL": 60,
+    "WEBHOOKS_LEASE_MARGIN": 30.0,
 }
 
 
@@ -71,6 +72,7 @@ class Config:
     denied_networks: tuple[str, ...] | None
     username_getter: t.Callable[[], str | None] | None
     sweep_interval: float
+    lease_margin: float = 30.0
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:
@@ -119,6 +121,7 @@ class Config:
             denied_networks=tuple(denied) if denied is not None else None,
             username_getter=getter,
             sweep_interval=number("WEBHOOKS_SWEEP_INTERVAL", float, 1),
+            lease_margin=number("WEBHOOKS_LEASE_MARGIN", float, 0),
         )
 
 
@@ -203,13 +206,9 @@ class WebhooksState:
 
     def enqueue(self, ids: t.Iterable[str], delay: float | None = None) -> None:
         """Hand delivery ids to the queue (after their rows are committed)."""
-        self.ensure_workers()
-        task = self.deliver_task
-        for delivery_id in ids:
-            if delay:
-                task.schedule(args=(delivery_id,), delay=delay)
-            else:
-                task(delivery_id)
+        from .worker import enqueue
+
+        enqueue(self, ids, delay=delay)
 
     def ensure_workers(self) -> None:
         """Start embedded workers on first use when the queue needs them."""

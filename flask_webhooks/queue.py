@@ -1,4 +1,4 @@
-"""Building the Huey instance from ``WEBHOOKS_QUEUE_URL``."""
+"""Building the Huey instance from ``WEBHOOKS_QUEUE_URL``, and batch enqueue."""
 
 from __future__ import annotations
 
@@ -7,8 +7,21 @@ import typing as t
 from urllib.parse import urlsplit
 
 import huey
+from huey import signals as huey_signals
 
 QUEUE_NAME = "flask-webhooks"
+
+#: Socket settings for Redis connections (a ``redis://`` URL's query string
+#: overrides them): a dead server is noticed instead of blocking forever.
+REDIS_OPTIONS: dict[str, t.Any] = {
+    "socket_connect_timeout": 5,
+    "socket_timeout": 10,
+    "socket_keepalive": True,
+    "health_check_interval": 30,
+}
+
+#: Task messages per ``LPUSH`` / ``INSERT`` when enqueueing many ids.
+BATCH = 1000
 
 
 def make_huey(url: str | None, instance_path: str) -> huey.Huey:
@@ -18,19 +31,27 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
     * ``memory://``: in-process queue; needs embedded workers.
     * ``sqlite:///path``: a SQLite file (relative paths are in the instance
       folder). The default is ``instance/webhooks-queue.sqlite``.
-    * ``redis://host:port/db`` (or ``rediss://``): Redis, for scale-out.
-    * ``postgresql://...``: Huey's PostgreSQL storage (psycopg 2 style DSN).
+    * ``redis://host:port/db`` (or ``rediss://``, ``unix://``): Redis, for
+      scale-out.
+    * ``postgresql://...``: Huey's PostgreSQL storage (psycopg 3). A
+      SQLAlchemy-style ``postgresql+psycopg://`` URL is accepted too.
+
+    Task results are not stored (``results=False``): nothing reads them, and
+    a result store would grow with every delivery.
     """
     if not url:
         os.makedirs(instance_path, exist_ok=True)
         return huey.SqliteHuey(
-            QUEUE_NAME, filename=os.path.join(instance_path, "webhooks-queue.sqlite")
+            QUEUE_NAME,
+            filename=os.path.join(instance_path, "webhooks-queue.sqlite"),
+            results=False,
         )
     scheme = urlsplit(url).scheme.lower()
+    base = scheme.split("+", 1)[0]
     if scheme == "immediate":
-        return huey.MemoryHuey(QUEUE_NAME, immediate=True)
+        return huey.MemoryHuey(QUEUE_NAME, immediate=True, results=False)
     if scheme == "memory":
-        return huey.MemoryHuey(QUEUE_NAME)
+        return huey.MemoryHuey(QUEUE_NAME, results=False)
     if scheme == "sqlite":
         path = url.split("://", 1)[1]
         path = path[1:] if path.startswith("/") else path
@@ -42,15 +63,60 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
         if not os.path.isabs(path):
             os.makedirs(instance_path, exist_ok=True)
             path = os.path.join(instance_path, path)
-        return huey.SqliteHuey(QUEUE_NAME, filename=path)
+        return huey.SqliteHuey(QUEUE_NAME, filename=path, results=False)
     if scheme in ("redis", "rediss", "unix"):
-        return huey.RedisHuey(QUEUE_NAME, url=url)
-    if scheme in ("postgres", "postgresql"):
-        return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=url))
+        from redis import ConnectionPool
+
+        options = dict(REDIS_OPTIONS)
+        if scheme == "unix":
+            options.pop("socket_keepalive")
+        pool = ConnectionPool.from_url(url, **options)
+        return huey.RedisHuey(QUEUE_NAME, connection_pool=pool, results=False)
+    if base in ("postgres", "postgresql"):
+        dsn = "postgresql" + url[len(scheme) :]
+        return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=dsn, results=False))
     raise ValueError(
         f"WEBHOOKS_QUEUE_URL: unsupported scheme {scheme!r} in {redact_url(url)!r} "
         "(expected immediate://, memory://, sqlite:///path, redis://, postgresql://)"
     )
+
+
+def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
+    """Put ``tasks`` (Huey task instances) on the queue with few round trips.
+
+    Redis: one ``LPUSH`` per :data:`BATCH` messages (FIFO order is kept).
+    SQLite: one transaction per batch. Other backends and immediate mode: one
+    ``enqueue`` per task.
+    """
+    if h.immediate or len(tasks) < 2:
+        for task in tasks:
+            h.enqueue(task)
+        return
+    storage = h.storage
+    from huey.storage import RedisStorage
+    from huey.storage import SqliteStorage
+
+    batched = (type(storage) is RedisStorage and not storage.priority) or type(
+        storage
+    ) is SqliteStorage
+    if not batched:
+        for task in tasks:
+            h.enqueue(task)
+        return
+    for start in range(0, len(tasks), BATCH):
+        chunk = tasks[start : start + BATCH]
+        for task in chunk:
+            h._emit(huey_signals.SIGNAL_ENQUEUED, task)
+        messages = [h.serialize_task(task) for task in chunk]
+        if isinstance(storage, RedisStorage):
+            # LPUSH a b c stores [c, b, a]; BRPOP takes a first: FIFO.
+            storage.conn.lpush(storage.queue_key, *messages)
+        else:
+            with storage.db(commit=True) as cursor:
+                cursor.executemany(
+                    "insert into task (queue, data, priority) values (?, ?, ?)",
+                    [(storage.name, storage.to_blob(msg), 0) for msg in messages],
+                )
 
 
 def redact_url(url: str) -> str:
@@ -63,6 +129,12 @@ def redact_url(url: str) -> str:
 
 
 def backend_name(h: huey.Huey) -> str:
+    """``immediate``, ``memory``, ``sqlite``, ``redis``, ``postgres``, ..."""
     if h.immediate:
         return "immediate"
     return type(h.storage).__name__.replace("Storage", "").lower()
+
+
+def is_blocking(h: huey.Huey) -> bool:
+    """Whether the backend's dequeue blocks (Redis, PostgreSQL) or is polled."""
+    return bool(getattr(h.storage, "blocking", False))
