@@ -44,10 +44,13 @@ def main() -> int:
     app = create_app()
     try:
         server = make_server(HOST, port, app, threaded=True)
-    except OSError as e:
+    except (OSError, SystemExit) as e:
+        # Werkzeug explains "address in use" itself and exits; add what to do.
+        if isinstance(e, OSError):
+            print(f"Cannot listen on {HOST}:{port}: {e.strerror or e}", file=sys.stderr)
         print(
-            f"Cannot listen on {HOST}:{port} ({e.strerror or e}). "
-            f"Is the demo already running? Start it on another port: PORT={port + 1} make demo",
+            f"Is the demo already running? Stop it, or use another port: "
+            f"PORT={port + 1} make demo",
             file=sys.stderr,
         )
         return 1
