@@ -44,11 +44,20 @@ docs: $(STAMP)
 demo: $(STAMP)
 	PORT=$(PORT) $(BIN)/python -m example_app
 
+# Benchmarks (benchmarks/README.md): SQLite and the SQLite queue by default, no
+# services needed. The scale-out setup:
+#   make bench BENCH_DATABASE_URL=postgresql+psycopg://postgres@127.0.0.1:5432/test BENCH_QUEUE=redis
+# BENCH_DELIVERIES scales the worker memory run down (the documented run uses 20000).
+BENCH_DATABASE_URL ?=
+BENCH_QUEUE ?= sqlite
+BENCH_DELIVERIES ?= 20000
+BENCH_DB = $(if $(BENCH_DATABASE_URL),--database-url $(BENCH_DATABASE_URL))
+
 bench: $(STAMP)
-	$(BIN)/python benchmarks/capture_overhead.py --objects 10000
-	$(BIN)/python benchmarks/delivery_throughput.py --deliveries 2000 --queue sqlite
-	$(BIN)/python benchmarks/latency.py --events 300 --queue sqlite
-	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/capture_overhead.py --objects 10000 --growth $(BENCH_DB)
+	$(BIN)/python benchmarks/delivery_throughput.py --deliveries 2000 --queue $(BENCH_QUEUE) --threads 4 $(BENCH_DB)
+	$(BIN)/python benchmarks/latency.py --events 300 --queue $(BENCH_QUEUE) $(BENCH_DB)
+	$(BIN)/python benchmarks/memory.py --deliveries $(BENCH_DELIVERIES) --queue $(BENCH_QUEUE) $(BENCH_DB)
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache instance
