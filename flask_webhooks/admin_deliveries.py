@@ -166,7 +166,7 @@ class DeliveryView(AdminViewMixin, ModelView):
     can_export = False
     named_filter_urls = True
     page_size = 50
-    column_display_actions = False
+    column_display_actions = True
     column_list = (
         "status",
         "created_at",

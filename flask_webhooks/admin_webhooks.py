@@ -15,170 +15,62 @@ import sqlalchemy as sa
 from flask import flash
 from flask import jsonify
 from flask import redirect
-from flask import request
 from flask_admin import expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import filters as sqla_filters
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.form import SecureForm
-from flask_admin.form.widgets import Select2Widget
 from markupsafe import Markup
 from sqlalchemy.exc import IntegrityError
-from wtforms import BooleanField
-from wtforms import FloatField
-from wtforms import PasswordField
-from wtforms import SelectField
-from wtforms import SelectMultipleField
-from wtforms import StringField
-from wtforms import TextAreaField
-from wtforms import validators
-
-try:  # WTForms 3.3 deprecates tuples as choices
-    from wtforms import SelectChoice
-except ImportError:  # pragma: no cover - WTForms < 3.3
-    SelectChoice = None
 
 from . import models as m
 from .admin import AdminViewMixin
 from .admin import badges
 from .admin import display_url
 from .admin import format_time
-from .admin import pretty_json
 from .admin import release_session
 from .admin import status_badge
 from .admin import truncate
 from .admin import ViewOptions
+from .admin_webhook_form import apply_form
+from .admin_webhook_form import attach_errors
+from .admin_webhook_form import clear_disabled
+from .admin_webhook_form import prepare_form
+from .admin_webhook_form import WebhookForm
 from .payload import dumps
 from .payload import envelope
 from .payload import render_body
 from .signing import generate_secret
-from .validation import HTTP_METHODS
 from .validation import WebhookValidationError
 
 #: Event name of deliveries made by "send test delivery".
 TEST_EVENT = "test"
-
-CONTENT_TYPES = (
-    "application/json",
-    "application/x-www-form-urlencoded",
-    "text/plain",
-    "application/xml",
-)
-SIGNATURE_SCHEMES = (
-    ("netbox", "NetBox (X-Hook-Signature, HMAC-SHA512)"),
-    ("standard", "Standard Webhooks (webhook-signature)"),
-    ("both", "Both"),
-)
-
-
-def _choice(value: str, label: str | None = None) -> t.Any:
-    if SelectChoice is None:  # pragma: no cover
-        return (value, label or value)
-    return SelectChoice(value, label or value)
-
-
-#: Model-level field name -> form field name, where they differ.
-_FORM_FIELD = {"secret": "new_secret"}
-
-
-class JSONTextField(TextAreaField):
-    """JSON edited as text: shown pretty-printed, parsed on submit."""
-
-    def _value(self) -> str:
-        if self.raw_data:
-            return str(self.raw_data[0])
-        return pretty_json(self.data)
-
-    def process_formdata(self, valuelist: list[t.Any]) -> None:
-        if not valuelist:
-            return
-        text = str(valuelist[0]).strip()
-        if not text:
-            self.data = None
-            return
-        try:
-            self.data = json.loads(text)
-        except ValueError as e:
-            self.data = None
-            raise ValueError(f"not valid JSON: {e}") from None
-
-
-class WebhookForm(SecureForm):
-    """The create/edit form; choices of ``models`` are filled per request."""
-
-    name = StringField("Name", description="A unique name for this webhook.")
-    enabled = BooleanField("Enabled", default=True)
-    models = SelectMultipleField(
-        "Models",
-        choices=[],
-        widget=Select2Widget(multiple=True),
-        description="Changes to these registered models fire the webhook.",
-    )
-    on_create = BooleanField("Created")
-    on_update = BooleanField("Updated")
-    on_delete = BooleanField("Deleted")
-    payload_url = StringField(
-        "Payload URL",
-        description="http:// or https:// URL; may be a Jinja2 template.",
-        render_kw={"placeholder": "https://example.com/hooks/netbox"},
-    )
-    http_method = SelectField(
-        "HTTP method", choices=[_choice(v) for v in HTTP_METHODS], default="POST"
-    )
-    http_content_type = SelectField(
-        "Content type",
-        choices=[_choice(v) for v in CONTENT_TYPES],
-        default="application/json",
-        validate_choice=False,
-    )
-    additional_headers = TextAreaField(
-        "Additional headers",
-        description="One <code>Name: Value</code> per line; values may be Jinja2 templates.",
-        render_kw={
-            "rows": 3,
-            "placeholder": "Authorization: Bearer {{ webhook.name }}",
-        },
-    )
-    body_template = TextAreaField(
-        "Body template",
-        description="Jinja2 template for the request body; empty sends the default JSON payload.",
-        render_kw={"rows": 5},
-    )
-    new_secret = PasswordField(
-        "Secret",
-        description="Write-only. Leave blank to keep the current secret.",
-        render_kw={"autocomplete": "new-password"},
-    )
-    clear_secret = BooleanField("Remove the secret (send unsigned requests)")
-    signature_scheme = SelectField(
-        "Signature scheme",
-        choices=[_choice(v, label) for v, label in SIGNATURE_SCHEMES],
-        default="netbox",
-    )
-    ssl_verification = BooleanField("Verify TLS certificates", default=True)
-    ca_file_path = StringField(
-        "CA bundle path",
-        description="A CA bundle on the server to verify the receiver's certificate.",
-    )
-    conditions = JSONTextField(
-        "Conditions",
-        description=(
-            'A NetBox condition set as JSON, e.g. <code>{"attr": "status.value", '
-            '"value": "active"}</code>; empty fires for every change.'
-        ),
-        render_kw={"rows": 5, "spellcheck": "false"},
-    )
-    timeout = FloatField(
-        "Timeout (seconds)",
-        validators=[validators.Optional()],
-        description="Overrides WEBHOOKS_TIMEOUT for this webhook.",
-    )
 
 
 def _formatter(
     fn: t.Callable[[t.Any], t.Any],
 ) -> t.Callable[[t.Any, t.Any, t.Any, str], t.Any]:
     return lambda view, context, model, name: fn(model)
+
+
+def _name_cell(view: t.Any, context: t.Any, hook: t.Any, name: str) -> Markup:
+    from .admin_deliveries import filter_query
+
+    return Markup(
+        '<a href="{}" class="wh-name">{}</a>'
+        '<div><a class="small wh-deliveries-link" href="{}">deliveries &rarr;</a></div>'
+    ).format(
+        view.get_url(".edit_view", id=hook.id),
+        hook.name,
+        view.wh_url("delivery", **filter_query(webhook=hook.id)),
+    )
+
+
+def _url_cell(hook: t.Any) -> Markup:
+    url = display_url(hook.payload_url)
+    return Markup(
+        '<span class="badge badge-light wh-tag">{}</span> <code title="{}">{}</code>'
+    ).format(hook.http_method, url, truncate(url, 48))
 
 
 def _enabled_cell(hook: t.Any) -> Markup:
@@ -269,20 +161,10 @@ class WebhookView(AdminViewMixin, ModelView):
     column_default_sort = ("name", False)
     column_searchable_list = ("name", "payload_url")
     column_formatters = {
-        "name": lambda view, context, model, name: Markup(
-            '<a href="{}" class="wh-name">{}</a>'
-        ).format(view.get_url(".edit_view", id=model.id), model.name),
+        "name": _name_cell,
         "models": _formatter(lambda h: badges(h.models or [], "info")),
         "events": _formatter(lambda h: badges(h.events, "light")),
-        "payload_url": _formatter(
-            lambda h: Markup(
-                '<code title="{}">{}</code> <small class="text-muted">{}</small>'
-            ).format(
-                display_url(h.payload_url),
-                truncate(display_url(h.payload_url), 48),
-                h.http_method,
-            )
-        ),
+        "payload_url": _formatter(_url_cell),
         "enabled": _formatter(_enabled_cell),
         "health": _formatter(_health_cell),
         "secret": _formatter(_secret_cell),
@@ -319,27 +201,13 @@ class WebhookView(AdminViewMixin, ModelView):
 
     def create_form(self, obj: t.Any = None) -> t.Any:
         form = super().create_form(obj)
-        self._prepare_form(form, None)
+        prepare_form(form, None, self.options.webhooks.registry.names())
         return form
 
     def edit_form(self, obj: t.Any = None) -> t.Any:
         form = super().edit_form(obj)
-        self._prepare_form(form, obj)
+        prepare_form(form, obj, self.options.webhooks.registry.names())
         return form
-
-    def _prepare_form(self, form: t.Any, hook: t.Any) -> None:
-        names = self.options.webhooks.registry.names()
-        current = list(hook.models or []) if hook is not None else []
-        extra = [n for n in current if n not in names]
-        form.models.choices = [_choice(n) for n in names + extra]
-        content_type = hook.http_content_type if hook is not None else None
-        if content_type and content_type not in CONTENT_TYPES:
-            form.http_content_type.choices = [
-                _choice(content_type),
-                *(_choice(v) for v in CONTENT_TYPES),
-            ]
-        if request.method == "GET" and hook is None:
-            form.on_create.data = form.on_update.data = form.on_delete.data = True
 
     def create_model(self, form: t.Any) -> t.Any:
         hook = self.model()
@@ -357,13 +225,13 @@ class WebhookView(AdminViewMixin, ModelView):
     def _save(self, form: t.Any, hook: t.Any, *, created: bool) -> bool:
         session = self.options.state.db.session
         was_enabled = bool(hook.enabled) if not created else True
-        _apply_form(form, hook)
+        apply_form(form, hook)
         if hook.enabled and not was_enabled:
-            _clear_disabled(hook)
+            clear_disabled(hook)
         errors = hook.validate()
         errors.update(self._name_taken(hook))
         if errors:
-            _attach_errors(form, errors)
+            attach_errors(form, errors)
             session.rollback()
             return False
         try:
@@ -372,11 +240,11 @@ class WebhookView(AdminViewMixin, ModelView):
             session.commit()
         except WebhookValidationError as e:
             session.rollback()
-            _attach_errors(form, e.errors)
+            attach_errors(form, e.errors)
             return False
         except IntegrityError:
             session.rollback()
-            _attach_errors(form, {"name": "a webhook with this name already exists"})
+            attach_errors(form, {"name": "a webhook with this name already exists"})
             return False
         except Exception as e:
             session.rollback()
@@ -414,7 +282,7 @@ class WebhookView(AdminViewMixin, ModelView):
         hooks = self._hooks(ids)
         for hook in hooks:
             hook.enabled = True
-            _clear_disabled(hook)
+            clear_disabled(hook)
         self.options.state.db.session.commit()
         flash(f"Enabled {_plural(len(hooks), 'webhook')}.", "success")
 
@@ -544,48 +412,6 @@ def _flash_test_result(state: t.Any, name: str, delivery_id: str) -> None:
             f"Test delivery to {name!r} queued; this page refreshes until it is sent.",
             "info",
         )
-
-
-def _apply_form(form: t.Any, hook: t.Any) -> None:
-    """Copy the form into the model (the secret only when a new one was typed)."""
-    hook.name = (form.name.data or "").strip()
-    hook.enabled = bool(form.enabled.data)
-    hook.models = list(form.models.data or [])
-    hook.on_create = bool(form.on_create.data)
-    hook.on_update = bool(form.on_update.data)
-    hook.on_delete = bool(form.on_delete.data)
-    hook.payload_url = (form.payload_url.data or "").strip()
-    hook.http_method = (form.http_method.data or "POST").upper()
-    hook.http_content_type = (form.http_content_type.data or "").strip()
-    hook.additional_headers = form.additional_headers.data or ""
-    hook.body_template = form.body_template.data or ""
-    if form.clear_secret.data:
-        hook.secret = ""
-    elif (form.new_secret.data or "").strip():
-        hook.secret = form.new_secret.data.strip()
-    hook.signature_scheme = form.signature_scheme.data or "netbox"
-    hook.ssl_verification = bool(form.ssl_verification.data)
-    hook.ca_file_path = (form.ca_file_path.data or "").strip() or None
-    hook.conditions = form.conditions.data if form.conditions.data != {} else None
-    hook.timeout = form.timeout.data
-
-
-def _clear_disabled(hook: t.Any) -> None:
-    """Re-enabling forgets why it was disabled and restarts the failure streak."""
-    hook.disabled_reason = None
-    hook.disabled_at = None
-    hook.consecutive_failures = 0
-
-
-def _attach_errors(form: t.Any, errors: t.Mapping[str, str]) -> None:
-    """Show model-level errors beside their fields (unknown fields: flashed)."""
-    for field_name, message in errors.items():
-        field = getattr(form, _FORM_FIELD.get(field_name, field_name), None)
-        if field is None:
-            flash(f"{field_name}: {message}", "error")
-            continue
-        field.errors = [*field.errors, message]
-    flash("The webhook was not saved: please correct the fields marked below.", "error")
 
 
 def _plural(n: int, word: str) -> str:
