@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import typing as t
 
 from flask import abort
@@ -35,7 +34,6 @@ if t.TYPE_CHECKING:
     from .extension import Webhooks
     from .extension import WebhooksState
 
-logger = logging.getLogger("flask_webhooks.admin")
 
 #: ``() -> bool``: may the current user use the webhook screens?
 AccessCheck = t.Callable[[], bool]
@@ -89,8 +87,6 @@ def init_admin(
         app = current_app._get_current_object()  # type: ignore[attr-defined]
     if app is not None:
         require_secret_key(app)
-    if is_accessible is None:
-        logger.debug("flask-webhooks admin: no is_accessible hook given")
     models = webhooks._require_models()
     options = ViewOptions(webhooks, is_accessible, endpoint)
     url = url.strip("/")
