@@ -27,11 +27,14 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 import typing as t
 import weakref
 
 from huey.consumer import Consumer
+from huey.consumer import ConsumerStopped
 from huey.consumer import Worker
 
 from . import models as m
@@ -478,8 +481,8 @@ class WorkerConsumer(Consumer):
     """The Huey consumer of ``flask webhooks worker``.
 
     SIGTERM and SIGINT both stop it gracefully (running deliveries finish;
-    a second signal interrupts), SIGHUP restarts it. Runs the
-    :class:`Sweeper` in the main process.
+    a second signal interrupts), SIGHUP restarts it gracefully (same process
+    id, re-executed). Runs the :class:`Sweeper` in the main process.
     """
 
     def __init__(self, state: WebhooksState, **options: t.Any) -> None:
@@ -501,11 +504,25 @@ class WorkerConsumer(Consumer):
         self.sweeper.start()
 
     def run(self) -> None:
+        """Run until a signal stops (or, for SIGHUP, restarts) the worker."""
+        self.start()
+        health_check = time.monotonic()
         try:
-            super().run()
+            while True:
+                try:
+                    health_check = self.loop(health_check)
+                except ConsumerStopped:
+                    break
+            self.huey.notify_interrupted_tasks()
         finally:
             self.sweeper.stop()
             _close_thread_transport(self.state)
+        if self._restart:
+            # Huey re-executes sys.argv, which breaks `python -m flask ...`;
+            # the interpreter's original command line works in every case.
+            logger.info("flask-webhooks: worker restarting (SIGHUP)")
+            os.execv(sys.executable, sys.orig_argv)
+        logger.info("flask-webhooks: worker stopped")
 
 
 def run_worker(

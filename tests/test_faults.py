@@ -10,7 +10,6 @@ see them.
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import hmac
 import itertools
@@ -30,8 +29,7 @@ from tests.conftest import REDIS_URL
 from tests.receiver import Answer
 from tests.scripted_receiver import Hit
 from tests.scripted_receiver import ScriptedReceiver
-from tests.worker_helpers import make_stack
-from tests.worker_helpers import pg_schema
+from tests.worker_helpers import open_stack
 from tests.worker_helpers import Stack
 from tests.worker_helpers import wait_until
 
@@ -52,37 +50,6 @@ def flush_redis(url: str) -> None:
 
 def backends() -> str:
     return f"{'postgresql' if PG_URL else 'sqlite'} + {'redis' if REDIS_URL else 'sqlite queue'}"
-
-
-@contextlib.contextmanager
-def open_stack(
-    tmp_path: t.Any, queue_url: str | None, config: dict[str, t.Any] | None = None
-) -> t.Iterator[Stack]:
-    """PostgreSQL (in a schema of its own) or SQLite, and the given queue."""
-    if PG_URL:
-        with pg_schema(PG_URL) as schema:
-            stack = make_stack(
-                tmp_path,
-                database_url=PG_URL,
-                queue_url=queue_url,
-                schema=schema,
-                config=config,
-            )
-            try:
-                yield stack
-            finally:
-                stack.close()
-    else:
-        stack = make_stack(
-            tmp_path,
-            database_url=f"sqlite:///{tmp_path / 'app.sqlite'}",
-            queue_url=queue_url,
-            config=config,
-        )
-        try:
-            yield stack
-        finally:
-            stack.close()
 
 
 @pytest.fixture

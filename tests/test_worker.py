@@ -23,7 +23,7 @@ from tests.conftest import REDIS_URL
 from tests.receiver import Answer
 from tests.scripted_receiver import ScriptedReceiver
 from tests.worker_app import create_app
-from tests.worker_helpers import make_stack
+from tests.worker_helpers import open_stack
 from tests.worker_helpers import wait_until
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -269,22 +269,17 @@ def test_worker_command_refuses_the_immediate_queue(webhooks, app):
 
 
 @pytest.fixture
-def sqlite_stack(tmp_path: t.Any) -> t.Iterator[t.Any]:
-    stack = make_stack(
-        tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'app.sqlite'}",
-        queue_url="sqlite:///queue.sqlite",
-    )
-    yield stack
-    stack.close()
+def stack(tmp_path: t.Any) -> t.Iterator[t.Any]:
+    """PostgreSQL (else SQLite) and a SQLite queue file, for worker processes."""
+    with open_stack(tmp_path, "sqlite:///queue.sqlite") as stack:
+        yield stack
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
 )
-def test_worker_stops_gracefully_finishing_the_running_delivery(sqlite_stack, signum):
-    stack = sqlite_stack
+def test_worker_stops_gracefully_finishing_the_running_delivery(stack, signum):
     with ScriptedReceiver(lambda _id, _n: Answer(200, delay=1.0)) as rx:
         stack.add_hook(rx.url)
         proc = stack.start_worker(threads=2)
@@ -303,8 +298,7 @@ def test_worker_stops_gracefully_finishing_the_running_delivery(sqlite_stack, si
 
 
 @pytest.mark.slow
-def test_worker_with_processes_delivers_and_stops(sqlite_stack):
-    stack = sqlite_stack
+def test_worker_with_processes_delivers_and_stops(stack):
     with ScriptedReceiver() as rx:
         stack.add_hook(rx.url)
         proc = stack.start_worker("--processes", threads=2)
@@ -317,3 +311,27 @@ def test_worker_with_processes_delivers_and_stops(sqlite_stack):
         ["pgrep", "-P", str(proc.pid)], capture_output=True, check=False
     )
     assert children.stdout == b""
+
+
+@pytest.mark.slow
+def test_worker_restarts_in_place_on_sighup(stack):
+    with ScriptedReceiver() as rx:
+        stack.add_hook(rx.url)
+        proc = stack.start_worker(threads=2)
+        with stack.app.app_context():
+            (beat,) = heartbeats(stack.state)
+
+        def restarted() -> bool:
+            with stack.app.app_context():
+                beats = heartbeats(stack.state)
+            return any(b["started_at"] > beat["started_at"] for b in beats)
+
+        proc.send_signal(signal.SIGHUP)
+        wait_until(restarted, 30, "the worker to restart")
+        assert proc.poll() is None  # the same process, re-executed
+        stack.commit_items(3)
+        stack.wait_all(m.SUCCEEDED, 3, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, stack.log(0)
+    assert "worker restarting (SIGHUP)" in stack.log(0)
+    assert len(rx.hits) == 3

@@ -223,3 +223,30 @@ def make_stack(
     with app.app_context():
         app.extensions["worker_app"]["db"].create_all()
     return Stack(settings, app, str(tmp_path))
+
+
+@contextlib.contextmanager
+def open_stack(
+    tmp_path: t.Any, queue_url: str | None, config: dict[str, t.Any] | None = None
+) -> t.Iterator[Stack]:
+    """PostgreSQL (in a schema of its own) when ``WEBHOOKS_TEST_DATABASE_URL``
+    is set, else a SQLite file; and the given queue."""
+    pg_url = os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
+    with contextlib.ExitStack() as cleanup:
+        if pg_url:
+            schema: str | None = cleanup.enter_context(pg_schema(pg_url))
+            database_url = pg_url
+        else:
+            schema = None
+            database_url = f"sqlite:///{tmp_path / 'app.sqlite'}"
+        stack = make_stack(
+            tmp_path,
+            database_url=database_url,
+            queue_url=queue_url,
+            schema=schema,
+            config=config,
+        )
+        try:
+            yield stack
+        finally:
+            stack.close()
