@@ -517,8 +517,22 @@ def _check_webhook(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
         raise WebhookValidationError(errors)
 
 
+def _detach_deliveries(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
+    # ON DELETE SET NULL in the ORM too: SQLite does not enforce foreign keys
+    # unless asked to, and the log must not point at a webhook that is gone.
+    deliveries = mapper.local_table.metadata.tables[m.DeliveryBase.__tablename__]
+    connection.execute(
+        sa.update(deliveries)
+        .where(deliveries.c.webhook_id == target.id)
+        .values(webhook_id=None)
+    )
+
+
 def _install_webhook_validation(webhook_cls: type[t.Any]) -> None:
-    """Validate every Webhook row when it is flushed (code, CLI and admin alike)."""
+    """Validate every Webhook row when it is flushed (code, CLI and admin alike),
+    and detach its deliveries when it is deleted."""
     for name in ("before_insert", "before_update"):
         if not event.contains(webhook_cls, name, _check_webhook):
             event.listen(webhook_cls, name, _check_webhook)
+    if not event.contains(webhook_cls, "before_delete", _detach_deliveries):
+        event.listen(webhook_cls, "before_delete", _detach_deliveries)

@@ -206,3 +206,18 @@ def test_retry_and_sweep(webhooks, db, models, receiver, make_hook):
     assert receiver.requests[0].body == receiver.requests[1].body
     # Succeeded deliveries are not retried.
     assert webhooks.retry(delivery) is False
+
+
+def test_deleting_a_webhook_keeps_its_deliveries_detached(
+    webhooks, db, models, receiver, make_hook
+):
+    hook = make_hook()
+    db.session.add(models.Site(name="a"))
+    db.session.commit()
+    receiver.wait_for(1)
+    db.session.delete(hook)
+    db.session.commit()
+    (delivery,) = db.session.scalars(sa.select(webhooks.Delivery)).all()
+    assert delivery.webhook_id is None
+    assert delivery.webhook_name == hook.name
+    assert delivery.status == "succeeded"
