@@ -596,6 +596,7 @@ def _configure_logging(level: int | str) -> None:
             "[%(process)d %(threadName)s] %(message)s",
         )
     # "Executing <task>" per delivery is noise at INFO; consumer events are not.
-    logging.getLogger("huey").setLevel(max(level, logging.WARNING))
+    huey_level = level if level <= logging.DEBUG else max(level, logging.WARNING)
+    logging.getLogger("huey").setLevel(huey_level)
     logging.getLogger("huey.consumer").setLevel(level)
     logging.getLogger("flask_webhooks").setLevel(level)
