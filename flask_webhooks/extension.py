@@ -217,60 +217,6 @@ class WebhooksState:
         if self.workers is None:
             start_embedded_workers(self)
 
-    def after_attempt(
-        self,
-        delivery_id: str,
-        status: str,
-        retry_in: float | None,
-        hook: t.Any,
-        disabled_reason: str | None,
-        error: str | None,
-    ) -> None:
-        """Schedule the next attempt and send signals (after the result is committed)."""
-        from . import signals
-
-        if status == m.RETRYING and retry_in is not None:
-            try:
-                self.enqueue([delivery_id], delay=retry_in)
-            except Exception:
-                logger.exception(
-                    "flask-webhooks: scheduling a retry failed; sweep() will"
-                )
-        webhook_id = hook.id if hook is not None else None
-        sends: list[tuple[t.Any, dict[str, t.Any]]] = []
-        if status == m.SUCCEEDED:
-            sends.append(
-                (
-                    signals.delivery_succeeded,
-                    {"delivery_id": delivery_id, "webhook_id": webhook_id},
-                )
-            )
-        elif status == m.FAILED:
-            sends.append(
-                (
-                    signals.delivery_failed,
-                    {
-                        "delivery_id": delivery_id,
-                        "webhook_id": webhook_id,
-                        "error": error,
-                    },
-                )
-            )
-        if disabled_reason is not None:
-            sends.append(
-                (
-                    signals.webhook_disabled,
-                    {"webhook_id": webhook_id, "reason": disabled_reason},
-                )
-            )
-        for signal, kwargs in sends:
-            try:
-                signal.send(self.app, **kwargs)
-            except Exception:
-                logger.exception(
-                    "flask-webhooks: a %s signal handler failed", signal.name
-                )
-
 
 def _flask_login_username(app: Flask) -> str | None:
     if getattr(app, "login_manager", None) is None:
