@@ -5,7 +5,8 @@ same app as the driver script (models, registration, database, queue) from
 environment variables set by :func:`benchlib.bench_env`:
 
 ``BENCH_DATABASE_URL``, ``BENCH_SCHEMA`` (PostgreSQL schema, may be empty),
-``BENCH_QUEUE`` (``sqlite:///path`` or ``redis://...``), ``BENCH_HUEY_NAME``.
+``BENCH_QUEUE`` (``sqlite:///path`` or ``redis://...``), ``BENCH_HUEY_NAME``,
+``BENCH_SQLITE_WAL`` (non-empty: WAL and ``synchronous=NORMAL``).
 
 Tables and webhooks are created by the driver; this module only connects.
 """
@@ -37,6 +38,7 @@ def create_app() -> Flask:
         huey=huey,
         schema=os.environ.get("BENCH_SCHEMA") or None,
         create=False,
+        sqlite_wal=bool(os.environ.get("BENCH_SQLITE_WAL")),
     )
     return setup.app
 

@@ -212,6 +212,7 @@ def build_setup(
     payload_url: str = "http://127.0.0.1:9/hook",
     schema: str | None = None,
     create: bool = True,
+    sqlite_wal: bool = False,
 ) -> Setup:
     """An app + db with the bench models; the extension on or off.
 
@@ -220,6 +221,9 @@ def build_setup(
         the extension has an index to check but nothing listens to ``item``.
     :param database_url: a SQLite URL is used as given (one file per setup);
         for PostgreSQL the setup lives in the schema ``schema``.
+    :param sqlite_wal: SQLite tuned for concurrent writers: WAL journaling
+        (stored in the file) and ``synchronous=NORMAL`` on every connection
+        (no flush to disk at each commit; durable at checkpoints).
     """
     app = Flask(f"bench_{name}", instance_path=os.path.join(workdir, name))
     app.config.update(
@@ -238,6 +242,8 @@ def build_setup(
         wh.register(models.Item, schema=ItemSchema, name="item")
         wh.register(models.Tenant, name="tenant")
     with app.app_context():
+        if sqlite_wal and db.engine.dialect.name == "sqlite":
+            sa.event.listen(db.engine, "connect", _sqlite_wal_pragmas)
         if create:
             db.create_all()
         if wh is not None and create:
@@ -268,6 +274,13 @@ def build_setup(
             db.session.commit()
         db.session.remove()
     return Setup(name, app, db, models, wh, database_url, schema)
+
+
+def _sqlite_wal_pragmas(dbapi_connection: t.Any, record: t.Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def sqlite_url(workdir: str, name: str) -> str:
@@ -459,7 +472,12 @@ class ReceiverProcess:
 
 
 def bench_env(
-    *, database_url: str, schema: str | None, queue: str, huey_name: str
+    *,
+    database_url: str,
+    schema: str | None,
+    queue: str,
+    huey_name: str,
+    sqlite_wal: bool = False,
 ) -> dict[str, str]:
     """Environment that makes ``bench_app.create_app`` match the driver's app."""
     env = dict(os.environ)
@@ -468,6 +486,7 @@ def bench_env(
         BENCH_SCHEMA=schema or "",
         BENCH_QUEUE=queue,
         BENCH_HUEY_NAME=huey_name,
+        BENCH_SQLITE_WAL="1" if sqlite_wal else "",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -510,6 +529,7 @@ class WorkerProcess:
                     "record",
                     "--pid",
                     str(self.proc.pid),
+                    "--nonblocking",
                     "--rate",
                     "250",
                     "--format",
@@ -538,6 +558,14 @@ class WorkerProcess:
                 elif line.startswith("VmHWM:"):
                     hwm = int(line.split()[1])
         return rss, hwm
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the worker process used so far (Linux)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is the state (field 3); utime and stime are fields 14, 15.
+        ticks = int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.profiler is not None and self.profiler.poll() is None:

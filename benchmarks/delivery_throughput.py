@@ -114,13 +114,16 @@ def rate(stats: dict[str, t.Any]) -> float:
 
 def run_raw(
     receiver: bl.ReceiverProcess, items: list[tuple[str, bytes]], threads: int
-) -> float:
+) -> tuple[float, float]:
+    """(deliveries/s, CPU seconds the sending process used per request)."""
     receiver.reset()
+    cpu0 = time.process_time()
     raw_send(receiver.url, items, threads)
+    cpu = time.process_time() - cpu0
     stats = receiver.wait_for(len(items))
     if stats["signed"] != len(items):
         raise AssertionError(f"raw: {stats['signed']} of {len(items)} requests signed")
-    return rate(stats)
+    return rate(stats), cpu / len(items)
 
 
 def run_worker(
@@ -133,14 +136,22 @@ def run_worker(
     timeout: float,
     py_spy: str | None = None,
     profile_path: str | None = None,
-) -> float:
+) -> tuple[float, float]:
+    """(deliveries/s, CPU seconds the worker process used per delivery).
+
+    The worker's CPU includes its start-up (imports, app creation), read
+    before the first delivery arrives and subtracted.
+    """
     receiver.reset()
     worker = bl.WorkerProcess(env, threads, log_path, py_spy, profile_path)
     try:
+        receiver.wait_for(1, timeout=timeout)
+        cpu0 = worker.cpu_seconds()
         stats = receiver.wait_for(n, timeout=timeout)
         deadline = time.monotonic() + 30
         while count_status(s, "succeeded") < n and time.monotonic() < deadline:
             time.sleep(0.05)
+        cpu = worker.cpu_seconds() - cpu0
     finally:
         worker.stop()
     done = count_status(s, "succeeded")
@@ -149,7 +160,7 @@ def run_worker(
             f"worker: {done} succeeded, {stats['count']} received, "
             f"{stats['signed']} signed, expected {n} (log: {log_path})"
         )
-    return rate(stats)
+    return rate(stats), cpu / (n - 1)
 
 
 def main(argv: list[str] | None = None) -> dict[str, t.Any]:
@@ -161,6 +172,13 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker round")
+    parser.add_argument(
+        "--sqlite-wal",
+        action="store_true",
+        help="SQLite application database with journal_mode=WAL and "
+        "synchronous=NORMAL (default: SQLite's rollback journal and full "
+        "synchronous, what an app gets unless it sets the pragmas)",
+    )
     parser.add_argument(
         "--py-spy",
         metavar="PATH",
@@ -181,10 +199,13 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     )
     print(
         f"delivery throughput: {n} deliveries, {threads} threads, "
-        f"{args.queue} queue, {database} database, {args.rounds} rounds"
+        f"{args.queue} queue, {database} database"
+        f"{' (WAL)' if args.sqlite_wal and database == 'sqlite' else ''}, "
+        f"{args.rounds} rounds"
     )
 
     results: dict[str, list[float]] = {"raw": [], "webhooks": []}
+    cpu: dict[str, list[float]] = {"raw": [], "webhooks": []}
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as workdir:
         queue = (
             args.redis_url
@@ -206,10 +227,15 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                 payload_url=receiver.url,
                 huey=bl.new_huey(queue, huey_name, workdir),
                 schema=schema,
+                sqlite_wal=args.sqlite_wal,
             )
             assert s.webhooks is not None
             env = bl.bench_env(
-                database_url=url, schema=schema, queue=queue, huey_name=huey_name
+                database_url=url,
+                schema=schema,
+                queue=queue,
+                huey_name=huey_name,
+                sqlite_wal=args.sqlite_wal,
             )
             results_dir = os.path.join(bl.HERE, "results")
             os.makedirs(results_dir, exist_ok=True)
@@ -226,10 +252,10 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                 order = ["raw", "webhooks"] if rnd % 2 == 0 else ["webhooks", "raw"]
                 for kind in order:
                     if kind == "raw":
-                        value = run_raw(receiver, items, threads)
+                        value, per = run_raw(receiver, items, threads)
                     else:
                         last = rnd == args.rounds - 1
-                        value = run_worker(
+                        value, per = run_worker(
                             s,
                             receiver,
                             env,
@@ -243,8 +269,10 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                             ),
                         )
                     results[kind].append(value)
+                    cpu[kind].append(per)
                     bl.log(
-                        f"round {rnd + 1}/{args.rounds} {kind}: {value:.0f} deliveries/s"
+                        f"round {rnd + 1}/{args.rounds} {kind}: {value:.0f} deliveries/s, "
+                        f"{1000 * per:.2f} CPU ms each"
                     )
         finally:
             if s is not None:
@@ -254,21 +282,36 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     per_round = bl.ratios(results["webhooks"], results["raw"])
     print()
     bl.print_table(
-        ["round", "raw /s", "webhooks /s", "ratio"],
+        ["round", "raw /s", "webhooks /s", "ratio", "raw CPU ms", "worker CPU ms"],
         [
-            [i + 1, r, w, q]
-            for i, (r, w, q) in enumerate(
-                zip(results["raw"], results["webhooks"], per_round, strict=True)
+            [i + 1, r, w, q, 1000 * cr, 1000 * cw]
+            for i, (r, w, q, cr, cw) in enumerate(
+                zip(
+                    results["raw"],
+                    results["webhooks"],
+                    per_round,
+                    cpu["raw"],
+                    cpu["webhooks"],
+                    strict=True,
+                )
             )
         ],
+    )
+    print(
+        "(CPU ms: CPU time of the sending process per request: the raw loop's "
+        "process, or the worker process; the database and queue servers' own CPU "
+        "is not included)"
     )
     result = {
         "raw_rps": bl.median(results["raw"]),
         "webhooks_rps": bl.median(results["webhooks"]),
         "ratio": bl.median(per_round),
+        "raw_cpu_ms": 1000 * bl.median(cpu["raw"]),
+        "worker_cpu_ms": 1000 * bl.median(cpu["webhooks"]),
         "threads": threads,
         "queue": args.queue,
-        "database": database,
+        "database": database
+        + ("-wal" if args.sqlite_wal and database == "sqlite" else ""),
         "deliveries": n,
     }
     print()

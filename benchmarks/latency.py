@@ -13,6 +13,8 @@ Both clocks are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide on Linux),
 read in the driver and in the receiver process. Events are spaced by a random
 pause (``--gap`` on average) so each finds the worker idle, as a lone change
 in an application would. ``p50_ratio`` is the webhooks p50 over the raw p50.
+The webhooks latency is also split where the worker's ``deliver()`` began
+(``DeliveryAttempt.started_at``).
 
 Usage::
 
@@ -44,11 +46,11 @@ def breakdown(
     commits: dict[str, tuple[float, float]],
     receipts: dict[str, float],
 ) -> dict[str, list[float]]:
-    """Split each webhooks latency at the worker's recorded attempt start.
+    """Split each webhooks latency where the worker's ``deliver()`` began.
 
-    ``DeliveryAttempt.started_at`` (wall clock, written by the worker after its
-    claim and reads) is mapped onto the monotonic clock with the offset
-    measured here: both processes run on this machine.
+    ``DeliveryAttempt.started_at`` is the wall-clock time ``deliver()`` took
+    at its start, before the claim; it is mapped onto the monotonic clock with
+    the offset measured here (both processes run on this machine).
     """
     assert s.webhooks is not None
     offset = time.time() - time.monotonic()
@@ -61,8 +63,8 @@ def breakdown(
         s.db.session.remove()
     phases: dict[str, list[float]] = {
         "commit() call": [],
-        "commit returned -> attempt started (queue, claim, read)": [],
-        "attempt started -> receipt (build, sign, send)": [],
+        "commit returned -> deliver() began (enqueue, queue, Huey)": [],
+        "deliver() began -> receipt (claim, read, build, sign, send)": [],
     }
     for object_id, started_at in rows:
         if object_id not in receipts:
@@ -70,10 +72,10 @@ def breakdown(
         t0, t1 = commits[object_id]
         started = started_at.timestamp() - offset
         phases["commit() call"].append(t1 - t0)
-        phases["commit returned -> attempt started (queue, claim, read)"].append(
+        phases["commit returned -> deliver() began (enqueue, queue, Huey)"].append(
             started - t1
         )
-        phases["attempt started -> receipt (build, sign, send)"].append(
+        phases["deliver() began -> receipt (claim, read, build, sign, send)"].append(
             receipts[object_id] - started
         )
     return phases
