@@ -7,7 +7,6 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import threading
 
 import pytest
 import sqlalchemy as sa
@@ -18,31 +17,10 @@ from flask_webhooks.payload import template_syntax_error
 
 from tests.conftest import D
 from tests.conftest import Status
-from tests.receiver import Receiver
 
 SECRET = "s3cret-never-in-output"
 #: Per-template cases run on SQLite; one fan-out test covers both databases.
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-class _QuickReceiver(Receiver):
-    """The shared receiver, stopping within 20 ms instead of 0.5 s."""
-
-    def start(self):
-        self._thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-
-@pytest.fixture
-def receiver():
-    r = _QuickReceiver().start()
-    yield r
-    r.stop()
 
 
 def deliveries(webhooks, db):

@@ -10,7 +10,6 @@ import hmac
 import json
 import os
 import ssl
-import threading
 from urllib.parse import parse_qs
 
 import pytest
@@ -22,26 +21,6 @@ from tests.conftest import D
 from tests.conftest import Status
 from tests.receiver import Answer
 from tests.receiver import Receiver
-
-
-class _QuickReceiver(Receiver):
-    """The shared receiver, stopping within 20 ms instead of 0.5 s."""
-
-    def start(self):
-        self._thread = threading.Thread(
-            target=self.server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-
-@pytest.fixture
-def receiver():
-    r = _QuickReceiver().start()
-    yield r
-    r.stop()
 
 
 def deliveries(webhooks, db):
@@ -447,7 +426,7 @@ def tls_receiver(tmp_path):
     ca = trustme.CA()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(context)
-    r = _QuickReceiver()
+    r = Receiver()
     r.server.socket = context.wrap_socket(r.server.socket, server_side=True)
     r.url = f"https://127.0.0.1:{r.port}/hook"
     r.start()
