@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
+from sqlalchemy.orm import InstanceState
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm import object_session
 
@@ -61,6 +62,12 @@ _MEDIA_TYPE = re.compile(
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TEMPLATE_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _BOOL_FIELDS = ("enabled", "on_create", "on_update", "on_delete", "ssl_verification")
+#: Errors that depend on more than their own field (for updates, see
+#: :func:`_changed_fields`).
+_DEPENDS = {
+    "secret": ("secret", "signature_scheme"),
+    "on_create": ("on_create", "on_update", "on_delete"),
+}
 #: Column lengths of the webhook table (used when the object is not mapped).
 _LENGTHS = {
     "name": 100,
@@ -369,13 +376,30 @@ def _check_timeout(errors: dict[str, str], timeout: t.Any) -> None:
         )
 
 
+def _changed_fields(webhook: t.Any) -> set[str] | None:
+    """The columns changed since ``webhook`` was loaded, or None when it is not
+    a saved, mapped object (then every field counts)."""
+    state = sa.inspect(webhook, raiseerr=False)
+    if not isinstance(state, InstanceState) or state.key is None:
+        return None
+    return {
+        attr.key
+        for attr in state.mapper.column_attrs
+        if state.attrs[attr.key].history.has_changes()
+    }
+
+
 def validate_webhook(
     webhook: t.Any, registry: Registry | None, *, session: Session | None = None
 ) -> dict[str, str]:
     """Return ``{field: message}`` for every invalid field of ``webhook``.
 
     Works on saved and unsaved objects alike (anything with the
-    :class:`Webhook` attributes); nothing is changed or written.
+    :class:`Webhook` attributes); nothing is changed or written. For a saved
+    webhook only the fields changed since it was loaded are reported (and
+    rules that involve them, such as the secret when the signature scheme
+    changes): disabling or renaming a webhook never fails because its CA
+    file or a model registration went away since it was saved.
 
     :param webhook: the webhook to check.
     :param registry: the registered models ``models`` must name; None skips
@@ -384,12 +408,33 @@ def validate_webhook(
         default: the session ``webhook`` belongs to. Without either (or for an
         object that is not mapped), uniqueness is left to the database.
     """
+    own_session = object_session(webhook) if _is_mapped(webhook) else None
+    if own_session is None:
+        return _validate(webhook, registry, session)
+    # Reading an expired attribute loads it; that must not flush the very
+    # changes being validated.
+    with own_session.no_autoflush:
+        return _validate(webhook, registry, session)
+
+
+def _is_mapped(webhook: t.Any) -> bool:
+    return isinstance(sa.inspect(webhook, raiseerr=False), InstanceState)
+
+
+def _validate(
+    webhook: t.Any, registry: Registry | None, session: Session | None
+) -> dict[str, str]:
     from .payload import template_syntax_error
 
     errors: dict[str, str] = {}
+    changed = _changed_fields(webhook)
 
     name = _check_text(errors, webhook, "name", webhook.name, required=True)
-    if name and _name_taken(webhook, name, session):
+    if (
+        name
+        and (changed is None or "name" in changed)
+        and _name_taken(webhook, name, session)
+    ):
         errors["name"] = f"a webhook named {name!r} already exists"
 
     for field in _BOOL_FIELDS:
@@ -466,4 +511,11 @@ def validate_webhook(
         _check_ca_file(errors, ca_file)
     _check_conditions(errors, webhook.conditions)
     _check_timeout(errors, webhook.timeout)
+
+    if changed is not None:
+        errors = {
+            field: message
+            for field, message in errors.items()
+            if changed.intersection(_DEPENDS.get(field, (field,)))
+        }
     return errors

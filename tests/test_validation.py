@@ -502,6 +502,41 @@ def test_update_is_validated_too(webhooks, db):
     assert hook.timeout is None
 
 
+def test_updates_report_only_changed_fields(webhooks, db, tmp_path):
+    # A CA file removed after saving does not stop anyone from disabling or
+    # renaming the webhook; changing the field itself is checked.
+    path = pem_copy(tmp_path)
+    hook = save(webhooks, db, ca_file_path=path)
+    os.remove(path)
+    assert hook.validate() == {}
+    hook.enabled = False
+    hook.name = "renamed"
+    db.session.commit()
+    hook.ca_file_path = str(tmp_path / "other.pem")
+    assert set(hook.validate()) == {"ca_file_path"}
+    with pytest.raises(WebhookValidationError, match="ca_file_path: "):
+        db.session.commit()
+    db.session.rollback()
+    db.session.expire_all()
+    assert (hook.name, hook.enabled, hook.ca_file_path) == ("renamed", False, path)
+
+
+def test_scheme_change_checks_the_unchanged_secret(webhooks, db):
+    hook = save(webhooks, db, secret="plain-netbox-secret")
+    hook.signature_scheme = "standard"
+    with pytest.raises(WebhookValidationError) as info:
+        db.session.commit()
+    db.session.rollback()
+    assert list(info.value.errors) == ["secret"]
+    hook.signature_scheme = "standard"
+    hook.secret = generate_secret()
+    db.session.commit()
+    hook.on_create = False  # no event left: reported although on_create
+    with pytest.raises(WebhookValidationError, match="on_create: choose at least"):
+        db.session.commit()  # is the only field that changed
+    db.session.rollback()
+
+
 def test_validate_unsaved_object_with_explicit_session(webhooks, db):
     # What the admin does with form data before adding anything to the session.
     save(webhooks, db, name="taken")
