@@ -67,6 +67,12 @@ def not_pem(tmp_path):
     return str(path)
 
 
+def fifo(tmp_path):
+    path = tmp_path / "ca.fifo"
+    os.mkfifo(path)  # opening it would block: it must not be opened
+    return str(path)
+
+
 def empty_file(tmp_path):
     path = tmp_path / "empty.pem"
     path.write_bytes(b"")
@@ -178,6 +184,11 @@ BAD = {
         {"http_content_type": "text/plain\r\nX-Evil: 1"},
         "single line",
     ),
+    "ctype-too-long": (
+        "http_content_type",
+        {"http_content_type": "application/" + "x" * 100},
+        "at most 100 characters",
+    ),
     # additional_headers
     "header-no-colon": (
         "additional_headers",
@@ -236,6 +247,7 @@ BAD = {
         {"body_template": "{{ data|nosuchfilter }}"},
         "No filter named 'nosuchfilter'",
     ),
+    "body-not-str": ("body_template", {"body_template": ["{{ x }}"]}, "a string"),
     # signature_scheme and secret
     "scheme-unknown": (
         "signature_scheme",
@@ -259,6 +271,7 @@ BAD = {
         "needs a Standard Webhooks secret",
     ),
     "secret-too-long": ("secret", {"secret": "x" * 256}, "at most 255 characters"),
+    "secret-not-str": ("secret", {"secret": b"bytes"}, "must be a string"),
     # ca_file_path
     "ca-relative": ("ca_file_path", {"ca_file_path": "ca.pem"}, "absolute path"),
     "ca-missing": (
@@ -274,6 +287,12 @@ BAD = {
     "ca-not-pem": ("ca_file_path", {"ca_file_path": not_pem}, "not a CA bundle"),
     "ca-empty-file": ("ca_file_path", {"ca_file_path": empty_file}, "not a CA"),
     "ca-not-str": ("ca_file_path", {"ca_file_path": 7}, "must be a string"),
+    "ca-fifo": ("ca_file_path", {"ca_file_path": fifo}, "not a regular file"),
+    "ca-too-long": (
+        "ca_file_path",
+        {"ca_file_path": "/" + "a" * 4096},
+        "at most 4096 characters",
+    ),
     # conditions
     "conditions-json-string": (
         "conditions",
