@@ -584,15 +584,22 @@ class WorkerProcess:
 def new_huey(queue: str, name: str, instance_path: str) -> t.Any:
     """The Huey of the driver and of the worker: ``sqlite`` (a file) or Redis.
 
-    The benchmark Huey gets its own name so it never shares keys with a test
-    run using the same Redis database.
+    Built like :func:`flask_webhooks.queue.make_huey` builds it (no result
+    store, the same Redis connection options), but with its own name so it
+    never shares keys with a test run using the same Redis database.
     """
     import huey
+    from flask_webhooks import queue as wq
 
+    # The options flask_webhooks.queue.make_huey uses, with our own name.
     if queue.startswith(("redis://", "rediss://")):
-        return huey.RedisHuey(name, url=queue)
+        from redis import ConnectionPool
+
+        options = getattr(wq, "REDIS_OPTIONS", {})
+        pool = ConnectionPool.from_url(queue, **options)
+        return huey.RedisHuey(name, connection_pool=pool, results=False)
     if queue.startswith("sqlite:///"):
-        return huey.SqliteHuey(name, filename=queue[len("sqlite:///") :])
+        return huey.SqliteHuey(name, filename=queue[len("sqlite:///") :], results=False)
     raise ValueError(f"unsupported benchmark queue {queue!r}")
 
 

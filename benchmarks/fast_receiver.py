@@ -116,8 +116,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await writer.drain()
             if close:
                 return
-    except (ConnectionError, asyncio.IncompleteReadError):
-        return
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+        return  # client went away, or the server is shutting down
     finally:
         writer.close()
 
