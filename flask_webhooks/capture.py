@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import typing as t
 import uuid
 import warnings
@@ -41,12 +42,14 @@ from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.state import InstanceState
 
 from . import models as m
+from .payload import comparable
 from .payload import dumps
 from .payload import envelope
 from .payload import render_body
 
 if t.TYPE_CHECKING:
     from .extension import WebhooksState
+    from .index import Hook
     from .index import Index
     from .registry import Registration
 
@@ -510,24 +513,27 @@ def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
     timestamp = now.isoformat()
     request_id = current_request_id() or str(uuid.uuid4())
     username = tx.ext.username()
+    db_username = username[:255] if username else None
     index = tx.index
     rows: list[dict[str, t.Any]] = []
+    add = rows.append
     for final in _coalesce(tx.journal):
         entry = final.entry
         reg = entry.reg
-        hooks = index.matching(reg.name, t.cast(str, final.op))
+        event = t.cast(str, final.op)
+        hooks = index.matching(reg.name, event)
         if not hooks:
             continue
         obj = entry.obj
         error = None
-        if final.op == m.DELETED:
+        if event == m.DELETED:
             data, error = entry.data, entry.error
             prechange, postchange = final.pre, None
         else:
             postchange = reg.snapshot(obj)
-            prechange = final.pre if final.op == m.UPDATED else None
+            prechange = final.pre if event == m.UPDATED else None
             if (
-                final.op == m.UPDATED
+                event == m.UPDATED
                 and not final.collection_changed
                 and prechange == postchange
             ):
@@ -540,24 +546,14 @@ def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
                     reg.name,
                 )
                 data, error = None, f"serialization failed: {type(e).__name__}: {e}"
-        object_id = _object_id(entry.state)
-        base = {
-            "event": final.op,
-            "model": reg.name,
-            "object_id": object_id,
-            "request_id": request_id,
-            "username": username[:255] if username else None,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-            "next_attempt_at": now,
-        }
+        # What every delivery row of this event shares.
+        shared = (event, reg.name, _object_id(entry.state), request_id, db_username)
         if error is not None:
             for hook in hooks:
-                rows.append(_row(base, hook, m.FAILED, error=error, now=now))
+                add(_row(shared, hook, m.FAILED, now, error=error))
             continue
         payload = envelope(
-            event=t.cast(str, final.op),
+            event=event,
             timestamp=timestamp,
             model=reg.name,
             username=username,
@@ -566,55 +562,75 @@ def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
             prechange=prechange,
             postchange=postchange,
         )
-        snapshots = payload["snapshots"]
         default_json: bytes | None = None
         payload_json: str | None = None
+        seen: t.Any = None  # data and snapshots as the receiver will see them
         for hook in hooks:
-            if not hook.matches(data, snapshots):
+            if hook.conditions is not None:
+                if seen is None:
+                    seen = comparable((data, payload["snapshots"]))
+                if not hook.matches(seen[0], seen[1]):
+                    continue
+            if hook.default_body:
+                # Fan-out: one JSON encoding per event, shared by every webhook.
+                if default_json is None:
+                    default_json = dumps(payload).encode("utf-8")
+                add(_row(shared, hook, m.PENDING, now, body=default_json))
                 continue
             try:
-                body, is_default = render_body(hook.row, payload, default_json)
+                body, _ = render_body(hook.row, payload, default_json)
             except Exception as e:
-                rows.append(
-                    _row(
-                        base, hook, m.FAILED, error=f"body template error: {e}", now=now
-                    )
+                add(
+                    _row(shared, hook, m.FAILED, now, error=f"body template error: {e}")
                 )
                 continue
-            if is_default:
-                default_json = body
-                extra = None
-            else:
-                if payload_json is None:
-                    payload_json = dumps(payload)
-                extra = payload_json
-            rows.append(_row(base, hook, m.PENDING, body=body, payload=extra, now=now))
+            if payload_json is None:
+                payload_json = dumps(payload)
+            add(_row(shared, hook, m.PENDING, now, body=body, payload=payload_json))
     return rows
 
 
 def _row(
-    base: dict[str, t.Any],
-    hook: t.Any,
+    shared: tuple[str, str, str, str | None, str | None],
+    hook: Hook,
     status: str,
-    *,
     now: dt.datetime,
+    *,
     body: bytes = b"",
     payload: str | None = None,
     error: str | None = None,
 ) -> dict[str, t.Any]:
-    row = dict(base)
-    row.update(
-        id=str(uuid.uuid4()),
-        webhook_id=hook.id,
-        webhook_name=hook.name,
-        status=status,
-        body=body,
-        payload=payload,
-        content_type=hook.content_type,
-        last_error=error,
-        completed_at=now if status == m.FAILED else None,
-    )
-    return row
+    event, model, object_id, request_id, username = shared
+    return {
+        "id": new_uuid(),
+        "webhook_id": hook.id,
+        "webhook_name": hook.name,
+        "event": event,
+        "model": model,
+        "object_id": object_id,
+        "request_id": request_id,
+        "username": username,
+        "status": status,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+        "completed_at": now if status == m.FAILED else None,
+        "body": body,
+        "payload": payload,
+        "content_type": hook.content_type,
+        "last_error": error,
+    }
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID string, about 4x cheaper than ``str(uuid4())``."""
+    h = os.urandom(16).hex()
+    # Version nibble 4; variant bits 10xx in the first nibble of the 4th group.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def _after_commit(session: Session) -> None:

@@ -20,6 +20,7 @@ from .index import Index
 from .index import IndexCache
 from .models import build_models
 from .models import Models
+from .outbox import OutboxWriter
 from .registry import Registration
 from .registry import Registry
 from .validation import WebhookValidationError
@@ -145,6 +146,7 @@ class WebhooksState:
         self.config = config
         self.registry = ext.registry
         self.index_cache = IndexCache(models.Webhook.__table__)
+        self.outbox = OutboxWriter(models.Delivery.__table__)
         self._local = threading.local()
         self._transport_lock = threading.Lock()
         self._transport: Transport | None = None
@@ -170,7 +172,7 @@ class WebhooksState:
         conn = session.connection(
             bind_arguments={"mapper": sa.inspect(self.models.Delivery)}
         )
-        conn.execute(sa.insert(self.models.Delivery.__table__), rows)
+        self.outbox.write(conn, rows)
 
     def username(self) -> str | None:
         """The acting user's name, for the payload; never raises."""
@@ -278,7 +280,7 @@ class Webhooks:
             return self._models
         self._db = db
         self._models = build_models(db, self.registry)
-        _install_webhook_validation(self._models.Webhook)
+        _install_webhook_validation(self._models.Webhook, db.session)
         install_session_listeners(db.session)
         return self._models
 
@@ -457,10 +459,20 @@ class Webhooks:
         init_admin(self, admin, **kwargs)
 
 
-def _check_webhook(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
-    errors = target.validate()
-    if errors:
-        raise WebhookValidationError(errors)
+def _validate_webhooks(
+    session: Session, flush_context: t.Any, instances: t.Any
+) -> None:
+    """Refuse to flush an invalid Webhook (code, CLI and admin alike).
+
+    Runs before the flush starts, so on error nothing was sent to the
+    database and the session stays usable: fix the fields and commit again,
+    or roll back.
+    """
+    for obj in (*session.new, *session.dirty):
+        if isinstance(obj, m.WebhookBase):
+            errors = obj.validate()
+            if errors:
+                raise WebhookValidationError(errors)
 
 
 def _detach_deliveries(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
@@ -474,11 +486,10 @@ def _detach_deliveries(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
     )
 
 
-def _install_webhook_validation(webhook_cls: type[t.Any]) -> None:
-    """Validate every Webhook row when it is flushed (code, CLI and admin alike),
-    and detach its deliveries when it is deleted."""
-    for name in ("before_insert", "before_update"):
-        if not event.contains(webhook_cls, name, _check_webhook):
-            event.listen(webhook_cls, name, _check_webhook)
+def _install_webhook_validation(webhook_cls: type[t.Any], session: t.Any) -> None:
+    """Validate every Webhook before it is flushed, and detach its deliveries
+    when it is deleted."""
+    if not event.contains(session, "before_flush", _validate_webhooks):
+        event.listen(session, "before_flush", _validate_webhooks)
     if not event.contains(webhook_cls, "before_delete", _detach_deliveries):
         event.listen(webhook_cls, "before_delete", _detach_deliveries)

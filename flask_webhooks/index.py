@@ -32,23 +32,31 @@ _EVENT_FLAGS = (
 
 @dataclass(eq=False)
 class Hook:
-    """An enabled webhook as capture sees it (a plain row, no ORM object)."""
+    """An enabled webhook as capture sees it (a plain row, no ORM object).
+
+    The values capture needs for every event are read once, when the index
+    is built, not per delivery row.
+    """
 
     row: t.Any
     conditions: ConditionSet | None
     broken: str | None = None
+    id: int = field(init=False)
+    name: str = field(init=False)
+    content_type: str = field(init=False)
+    #: No body template and a JSON content type: the body is the shared
+    #: default JSON payload of the event.
+    default_body: bool = field(init=False)
 
-    @property
-    def id(self) -> int:
-        return int(self.row.id)
-
-    @property
-    def name(self) -> str:
-        return str(self.row.name)
-
-    @property
-    def content_type(self) -> str:
-        return str(self.row.http_content_type or "application/json")
+    def __post_init__(self) -> None:
+        row = self.row
+        self.id = int(row.id)
+        self.name = str(row.name)
+        self.content_type = str(row.http_content_type or "application/json")
+        media_type = self.content_type.split(";", 1)[0].strip().lower()
+        self.default_body = not (row.body_template or "").strip() and (
+            media_type != "application/x-www-form-urlencoded"
+        )
 
     def matches(self, data: t.Any, snapshots: t.Mapping[str, t.Any]) -> bool:
         """Whether the condition set (if any) accepts this event."""
@@ -93,7 +101,7 @@ class Index:
                     )
                     continue
             hook = Hook(row, conditions)
-            for model in row.models or ():
+            for model in dict.fromkeys(row.models or ()):  # each model once
                 for event_name, flag in _EVENT_FLAGS:
                     if getattr(row, flag):
                         hooks.setdefault((model, event_name), []).append(hook)
