@@ -84,6 +84,20 @@ def json_default(value: t.Any) -> t.Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def comparable(value: t.Any) -> t.Any:
+    """``value`` as conditions compare it: what the JSON body shows, except
+    that numbers stay numbers (a ``Decimal`` is not turned into a string, so
+    ``gt``/``lt`` keep working on it).
+    """
+    if value is None or isinstance(value, str | bool | int | float | decimal.Decimal):
+        return value
+    if isinstance(value, dict):
+        return {k: comparable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [comparable(v) for v in value]
+    return comparable(json_default(value))
+
+
 _encoder = json.JSONEncoder(
     default=json_default, ensure_ascii=False, separators=(",", ":")
 )

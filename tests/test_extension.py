@@ -221,3 +221,19 @@ def test_deleting_a_webhook_keeps_its_deliveries_detached(
     assert delivery.webhook_id is None
     assert delivery.webhook_name == hook.name
     assert delivery.status == "succeeded"
+
+
+def test_invalid_webhook_leaves_the_session_usable(webhooks, db, receiver):
+    from flask_webhooks import WebhookValidationError
+
+    hook = webhooks.Webhook(
+        name="h", models=["site"], on_create=True, payload_url="ftp://nope"
+    )
+    db.session.add(hook)
+    with pytest.raises(WebhookValidationError) as info:
+        db.session.commit()
+    assert set(info.value.errors) == {"payload_url"}
+    # Nothing was flushed: fix the field and commit again, no rollback needed.
+    hook.payload_url = receiver.url
+    db.session.commit()
+    assert db.session.scalars(sa.select(webhooks.Webhook)).one().name == "h"

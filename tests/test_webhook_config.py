@@ -144,12 +144,6 @@ def test_conditions_on_create(webhooks, db, models, receiver, make_hook, case):
     assert db.session.scalar(sa.select(sa.func.count(models.Site.id))) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="capture passes raw column values (Enum members, dates) as snapshots "
-    "to conditions, so a snapshot path never equals the JSON value the payload "
-    "shows ('active'); DESIGN says snapshots are JSON-safe",
-)
 def test_conditions_snapshot_path_compares_json_values(
     webhooks, db, models, receiver, make_hook
 ):
