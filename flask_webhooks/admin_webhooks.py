@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import typing as t
-import uuid
 
 import sqlalchemy as sa
 from flask import flash
@@ -37,14 +36,10 @@ from .admin_webhook_form import attach_errors
 from .admin_webhook_form import clear_disabled
 from .admin_webhook_form import prepare_form
 from .admin_webhook_form import WebhookForm
-from .payload import dumps
-from .payload import envelope
-from .payload import render_body
+from .outbox import test_delivery_row
+from .outbox import TEST_EVENT
 from .signing import generate_secret
 from .validation import WebhookValidationError
-
-#: Event name of deliveries made by "send test delivery".
-TEST_EVENT = "test"
 
 
 def _formatter(
@@ -305,14 +300,20 @@ class WebhookView(AdminViewMixin, ModelView):
                     "warning",
                 )
                 continue
-            rows.append(test_delivery_row(state, hook))
+            rows.append(
+                test_delivery_row(
+                    state,
+                    hook,
+                    message="This is a test delivery from the flask-webhooks admin.",
+                )
+            )
         # End the session's read transaction before other connections write
         # (SQLite would otherwise see the database as locked).
         release_session(state)
         if not rows:
             return None
         with state.engine().begin() as conn:
-            conn.execute(sa.insert(state.models.Delivery.__table__), rows)
+            state.outbox.write(conn, rows)
         pending = [r["id"] for r in rows if r["status"] == m.PENDING]
         if pending:
             state.enqueue(pending)
@@ -333,62 +334,6 @@ class WebhookView(AdminViewMixin, ModelView):
         return list(
             session.scalars(sa.select(W).where(W.id.in_(keys)).order_by(W.name))
         )
-
-
-def test_delivery_row(state: t.Any, hook: t.Any) -> dict[str, t.Any]:
-    """The outbox row of a ``test`` delivery for ``hook``, with a sample payload.
-
-    The body is rendered like any other delivery's (the webhook's body
-    template, or the default JSON payload), so the test goes through the
-    normal pipeline: queue, signing, transport, attempt log.
-    """
-    now = m.utcnow()
-    request_id = str(uuid.uuid4())
-    username = state.username()
-    model = (hook.models or [""])[0]
-    payload = envelope(
-        event=TEST_EVENT,
-        timestamp=now.isoformat(),
-        model=model,
-        username=username,
-        request_id=request_id,
-        data={
-            "id": None,
-            "message": "This is a test delivery from the flask-webhooks admin.",
-            "webhook": {"id": hook.id, "name": hook.name},
-        },
-        prechange=None,
-        postchange=None,
-    )
-    row: dict[str, t.Any] = {
-        "id": m.new_id(),
-        "webhook_id": hook.id,
-        "webhook_name": hook.name,
-        "event": TEST_EVENT,
-        "model": model,
-        "object_id": "",
-        "request_id": request_id,
-        "username": username[:255] if username else None,
-        "status": m.PENDING,
-        "attempts": 0,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
-        "content_type": hook.http_content_type or "application/json",
-        "body": b"",
-        "payload": None,
-        "last_error": None,
-        "completed_at": None,
-    }
-    try:
-        body, is_default = render_body(hook, payload, None)
-    except Exception as e:
-        row.update(
-            status=m.FAILED, last_error=f"body template error: {e}", completed_at=now
-        )
-    else:
-        row.update(body=body, payload=None if is_default else dumps(payload))
-    return row
 
 
 def _flash_test_result(state: t.Any, name: str, delivery_id: str) -> None:

@@ -280,65 +280,23 @@ def deliveries_command(
     )
 
 
-#: Event name of test deliveries (``ping``, and the admin's "send test delivery").
-TEST_EVENT = "test"
-
-
 def _create_test_delivery(state: WebhooksState, hook: t.Any) -> str:
     """Write a ``test`` delivery for ``hook`` (a sample payload, no object);
-    return its id. Commits the session."""
-    import uuid
+    return its id."""
+    from .outbox import test_delivery_row
 
-    from .payload import dumps
-    from .payload import envelope
-    from .payload import render_body
-
-    now = m.utcnow()
-    request_id = str(uuid.uuid4())
-    model = (hook.models or [""])[0]
-    payload = envelope(
-        event=TEST_EVENT,
-        timestamp=now.isoformat(),
-        model=model,
-        username=None,
-        request_id=request_id,
-        data={
-            "id": None,
-            "message": "This is a test delivery from `flask webhooks ping`.",
-            "webhook": {"id": hook.id, "name": hook.name},
-        },
-        prechange=None,
-        postchange=None,
+    row = test_delivery_row(
+        state, hook, message="This is a test delivery from `flask webhooks ping`."
     )
-    try:
-        body, is_default = render_body(hook, payload, None)
-    except Exception as e:
+    if row["status"] != m.PENDING:
         raise click.ClickException(
-            f"webhook {hook.name!r}: the body template failed: {e}; fix the template "
-            "and try again"
-        ) from None
-    delivery_id = m.new_id()
-    delivery = state.models.Delivery(
-        id=delivery_id,
-        webhook_id=hook.id,
-        webhook_name=hook.name,
-        event=TEST_EVENT,
-        model=model,
-        object_id="",
-        request_id=request_id,
-        status=m.PENDING,
-        attempts=0,
-        next_attempt_at=now,
-        created_at=now,
-        updated_at=now,
-        body=body,
-        payload=None if is_default else dumps(payload),
-        content_type=hook.http_content_type or "application/json",
-    )
-    session = state.db.session
-    session.add(delivery)
-    session.commit()
-    return delivery_id
+            f"webhook {hook.name!r}: {row['last_error']}; fix the template and try again"
+        )
+    # Hold no read transaction while another connection writes (SQLite locks).
+    state.db.session.close()
+    with state.engine().begin() as conn:
+        state.outbox.write(conn, [row])
+    return str(row["id"])
 
 
 @webhooks_cli.command("ping")

@@ -13,8 +13,14 @@ from __future__ import annotations
 
 import threading
 import typing as t
+import uuid
 
 import sqlalchemy as sa
+
+from . import models as m
+from .payload import dumps
+from .payload import envelope
+from .payload import render_body
 
 #: Columns every row of one commit shares: converted once per commit.
 _SHARED = ("created_at", "updated_at", "next_attempt_at")
@@ -101,3 +107,65 @@ class OutboxWriter:
                     values[key] = proc(value)
             prepared.append(tuple(values[k] for k in order) if positional else values)
         conn.exec_driver_sql(sql, prepared)
+
+
+#: Event name of test deliveries (the admin's "send test delivery", ``flask
+#: webhooks ping``).
+TEST_EVENT = "test"
+
+
+def test_delivery_row(state: t.Any, hook: t.Any, *, message: str) -> dict[str, t.Any]:
+    """The outbox row of a ``test`` delivery for ``hook``, with a sample payload.
+
+    The body is rendered like any other delivery's (the webhook's body
+    template, or the default JSON payload), so the test goes through the
+    normal pipeline: queue, signing, transport, attempt log. A body template
+    that fails gives a ``failed`` row with the error, as at capture.
+    """
+    now = m.utcnow()
+    request_id = str(uuid.uuid4())
+    username = state.username()
+    model = (hook.models or [""])[0]
+    payload = envelope(
+        event=TEST_EVENT,
+        timestamp=now.isoformat(),
+        model=model,
+        username=username,
+        request_id=request_id,
+        data={
+            "id": None,
+            "message": message,
+            "webhook": {"id": hook.id, "name": hook.name},
+        },
+        prechange=None,
+        postchange=None,
+    )
+    row: dict[str, t.Any] = {
+        "id": m.new_id(),
+        "webhook_id": hook.id,
+        "webhook_name": hook.name,
+        "event": TEST_EVENT,
+        "model": model,
+        "object_id": "",
+        "request_id": request_id,
+        "username": username[:255] if username else None,
+        "status": m.PENDING,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+        "content_type": hook.http_content_type or "application/json",
+        "body": b"",
+        "payload": None,
+        "last_error": None,
+        "completed_at": None,
+    }
+    try:
+        body, is_default = render_body(hook, payload, None)
+    except Exception as e:
+        row.update(
+            status=m.FAILED, last_error=f"body template error: {e}", completed_at=now
+        )
+    else:
+        row.update(body=body, payload=None if is_default else dumps(payload))
+    return row
