@@ -8,10 +8,11 @@ How a transaction flows through here:
    values before the change, deletes serialized now, while the row exists).
 2. Savepoints record the journal length when they begin; rolling one back
    truncates the journal to it. A rollback or a close without commit drops it.
-3. ``before_commit`` (outermost transaction only): flush, coalesce the journal
-   into one event per object with its final state, serialize each object once,
-   match webhooks, and insert every delivery row of the commit with one
-   executemany, in the user's transaction (transactional outbox).
+3. ``before_commit`` (outermost transaction only): flush, then hand the
+   journal to :func:`.outbox.build_rows` (coalesce into one event per object
+   with its final state, serialize each object once, match webhooks) and
+   insert every delivery row of the commit with one executemany, in the
+   user's transaction (transactional outbox).
 4. ``after_commit``: hand the new delivery ids to the queue.
 
 Nothing here may break the user's commit: errors are logged, or recorded on
@@ -20,9 +21,7 @@ the delivery rows as ``failed``.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
 import typing as t
 import uuid
 import warnings
@@ -42,14 +41,10 @@ from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.state import InstanceState
 
 from . import models as m
-from .payload import comparable
-from .payload import dumps
-from .payload import envelope
-from .payload import render_body
+from .outbox import build_rows
 
 if t.TYPE_CHECKING:
     from .extension import WebhooksState
-    from .index import Hook
     from .index import Index
     from .registry import Registration
 
@@ -60,7 +55,7 @@ _DIRECT_COLLECTION = "flask_webhooks.collection_changed"
 
 
 @dataclass(slots=True, eq=False)
-class _Entry:
+class Entry:
     op: str
     reg: Registration
     obj: t.Any
@@ -78,7 +73,7 @@ class _Transaction:
 
     ext: WebhooksState
     index: Index
-    journal: list[_Entry] = field(default_factory=list)
+    journal: list[Entry] = field(default_factory=list)
     marks: dict[SessionTransaction, int] = field(default_factory=dict)
     deleted: set[InstanceState[t.Any]] = field(default_factory=set)
     to_enqueue: list[str] = field(default_factory=list)
@@ -247,7 +242,7 @@ def _before_flush(session: Session, flush_context: t.Any, instances: t.Any) -> N
     for obj in new:
         reg = _interested(tx, obj)
         if reg is not None:
-            journal.append(_Entry(m.CREATED, reg, obj, sa.inspect(obj)))
+            journal.append(Entry(m.CREATED, reg, obj, sa.inspect(obj)))
     for obj in dirty:
         reg = _interested(tx, obj)
         if reg is None:
@@ -257,14 +252,14 @@ def _before_flush(session: Session, flush_context: t.Any, instances: t.Any) -> N
         pre = _update_prechange(reg, state, direct)
         if pre is not None:
             journal.append(
-                _Entry(m.UPDATED, reg, obj, state, pre=pre, collection_changed=direct)
+                Entry(m.UPDATED, reg, obj, state, pre=pre, collection_changed=direct)
             )
     for obj in deleted:
         reg = _interested(tx, obj)
         if reg is None:
             continue
         state = sa.inspect(obj)
-        entry = _Entry(m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state))
+        entry = Entry(m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state))
         _dump_into(entry)
         journal.append(entry)
         tx.deleted.add(state)
@@ -311,7 +306,7 @@ def _committed_snapshot(
     return pre
 
 
-def _dump_into(entry: _Entry) -> None:
+def _dump_into(entry: Entry) -> None:
     try:
         entry.data = entry.reg.dump(entry.obj)
     except Exception as e:
@@ -334,7 +329,7 @@ def _after_delete(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
     reg = _interested(tx, target)
     if reg is None:
         return
-    entry = _Entry(
+    entry = Entry(
         m.DELETED, reg, target, state, pre=reg.snapshot(target), dump_later=True
     )
     tx.journal.append(entry)
@@ -386,7 +381,7 @@ def _do_orm_execute(orm_execute_state: t.Any) -> t.Any:
     if is_delete:
         for obj in objs:
             state = sa.inspect(obj)
-            entry = _Entry(
+            entry = Entry(
                 m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state)
             )
             _dump_into(entry)
@@ -397,7 +392,7 @@ def _do_orm_execute(orm_execute_state: t.Any) -> t.Any:
     for obj in objs:
         state = sa.inspect(obj)
         entries.append(
-            _Entry(m.UPDATED, reg, obj, state, pre=_committed_snapshot(reg, state))
+            Entry(m.UPDATED, reg, obj, state, pre=_committed_snapshot(reg, state))
         )
     result = orm_execute_state.invoke_statement()
     for entry in entries:
@@ -445,45 +440,6 @@ class BulkStatementWarning(UserWarning):
 # -- committing --------------------------------------------------------------
 
 
-@dataclass(slots=True, eq=False)
-class _Final:
-    op: str | None
-    entry: _Entry
-    pre: dict[str, t.Any] | None
-    collection_changed: bool
-
-
-def _coalesce(journal: list[_Entry]) -> list[_Final]:
-    """One event per object: its net effect over the transaction."""
-    finals: dict[InstanceState[t.Any], _Final] = {}
-    for e in journal:
-        f = finals.get(e.state)
-        if f is None:
-            finals[e.state] = _Final(e.op, e, e.pre, e.collection_changed)
-            continue
-        if e.op == m.UPDATED:
-            if f.op is None:  # deleted in a savepoint-free way, then re-added
-                f.op = m.UPDATED
-            f.collection_changed = f.collection_changed or e.collection_changed
-            if f.op != m.DELETED:
-                f.entry = e if f.op == m.UPDATED else f.entry
-        elif e.op == m.DELETED:
-            f.op = None if f.op == m.CREATED else m.DELETED
-            f.entry = e
-        else:  # created again after a delete in the same transaction
-            f.op = m.UPDATED if f.op == m.DELETED else m.CREATED
-            f.entry = e
-    return [f for f in finals.values() if f.op is not None]
-
-
-def _object_id(state: InstanceState[t.Any]) -> str:
-    key = state.key
-    if key is None:
-        key = state.mapper.identity_key_from_instance(state.obj())
-    values = key[1]
-    return ",".join(str(v) for v in values)[:255]
-
-
 def _before_commit(session: Session) -> None:
     if session.in_nested_transaction():
         return
@@ -497,7 +453,12 @@ def _before_commit(session: Session) -> None:
     if tx is None or not tx.journal:
         return
     try:
-        rows = _build_rows(session, tx)
+        rows = build_rows(
+            tx.journal,
+            tx.index,
+            request_id=current_request_id() or str(uuid.uuid4()),
+            username=tx.ext.username(),
+        )
         if rows:
             tx.ext.write_outbox(session, rows)
             tx.to_enqueue.extend(r["id"] for r in rows if r["status"] == m.PENDING)
@@ -506,131 +467,6 @@ def _before_commit(session: Session) -> None:
             "flask-webhooks: failed to record deliveries; the commit goes on"
         )
     tx.journal.clear()
-
-
-def _build_rows(session: Session, tx: _Transaction) -> list[dict[str, t.Any]]:
-    now = m.utcnow()
-    timestamp = now.isoformat()
-    request_id = current_request_id() or str(uuid.uuid4())
-    username = tx.ext.username()
-    db_username = username[:255] if username else None
-    index = tx.index
-    rows: list[dict[str, t.Any]] = []
-    add = rows.append
-    for final in _coalesce(tx.journal):
-        entry = final.entry
-        reg = entry.reg
-        event = t.cast(str, final.op)
-        hooks = index.matching(reg.name, event)
-        if not hooks:
-            continue
-        obj = entry.obj
-        error = None
-        if event == m.DELETED:
-            data, error = entry.data, entry.error
-            prechange, postchange = final.pre, None
-        else:
-            postchange = reg.snapshot(obj)
-            prechange = final.pre if event == m.UPDATED else None
-            if (
-                event == m.UPDATED
-                and not final.collection_changed
-                and prechange == postchange
-            ):
-                continue  # changed and changed back: no net change
-            try:
-                data = reg.dump(obj)
-            except Exception as e:
-                logger.exception(
-                    "flask-webhooks: schema for %r failed to serialize an object",
-                    reg.name,
-                )
-                data, error = None, f"serialization failed: {type(e).__name__}: {e}"
-        # What every delivery row of this event shares.
-        shared = (event, reg.name, _object_id(entry.state), request_id, db_username)
-        if error is not None:
-            for hook in hooks:
-                add(_row(shared, hook, m.FAILED, now, error=error))
-            continue
-        payload = envelope(
-            event=event,
-            timestamp=timestamp,
-            model=reg.name,
-            username=username,
-            request_id=request_id,
-            data=data,
-            prechange=prechange,
-            postchange=postchange,
-        )
-        default_json: bytes | None = None
-        payload_json: str | None = None
-        seen: t.Any = None  # data and snapshots as the receiver will see them
-        for hook in hooks:
-            if hook.conditions is not None:
-                if seen is None:
-                    seen = comparable((data, payload["snapshots"]))
-                if not hook.matches(seen[0], seen[1]):
-                    continue
-            if hook.default_body:
-                # Fan-out: one JSON encoding per event, shared by every webhook.
-                if default_json is None:
-                    default_json = dumps(payload).encode("utf-8")
-                add(_row(shared, hook, m.PENDING, now, body=default_json))
-                continue
-            try:
-                body, _ = render_body(hook.row, payload, default_json)
-            except Exception as e:
-                add(
-                    _row(shared, hook, m.FAILED, now, error=f"body template error: {e}")
-                )
-                continue
-            if payload_json is None:
-                payload_json = dumps(payload)
-            add(_row(shared, hook, m.PENDING, now, body=body, payload=payload_json))
-    return rows
-
-
-def _row(
-    shared: tuple[str, str, str, str | None, str | None],
-    hook: Hook,
-    status: str,
-    now: dt.datetime,
-    *,
-    body: bytes = b"",
-    payload: str | None = None,
-    error: str | None = None,
-) -> dict[str, t.Any]:
-    event, model, object_id, request_id, username = shared
-    return {
-        "id": new_uuid(),
-        "webhook_id": hook.id,
-        "webhook_name": hook.name,
-        "event": event,
-        "model": model,
-        "object_id": object_id,
-        "request_id": request_id,
-        "username": username,
-        "status": status,
-        "attempts": 0,
-        "created_at": now,
-        "updated_at": now,
-        "next_attempt_at": now,
-        "completed_at": now if status == m.FAILED else None,
-        "body": body,
-        "payload": payload,
-        "content_type": hook.content_type,
-        "last_error": error,
-    }
-
-
-def new_uuid() -> str:
-    """A random (version 4) UUID string, about 4x cheaper than ``str(uuid4())``."""
-    h = os.urandom(16).hex()
-    # Version nibble 4; variant bits 10xx in the first nibble of the 4th group.
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
-
-
-_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def _after_commit(session: Session) -> None:

@@ -1,4 +1,7 @@
-"""Writing delivery rows: the outbox insert of a committing transaction.
+"""The outbox: building and writing the delivery rows of a commit.
+
+:func:`build_rows` turns a transaction's journal (see :mod:`.capture`) into
+rows: one per event x matching webhook.
 
 A commit can produce tens of thousands of rows (objects x webhooks). Going
 through ``Connection.execute(insert(table), rows)`` costs SQLAlchemy a
@@ -11,16 +14,30 @@ one ``executemany`` with the statement SQLAlchemy compiled for the dialect.
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import os
 import threading
 import typing as t
 import uuid
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 
 from . import models as m
+from .payload import comparable
 from .payload import dumps
 from .payload import envelope
 from .payload import render_body
+
+if t.TYPE_CHECKING:
+    from sqlalchemy.orm.state import InstanceState
+
+    from .capture import Entry
+    from .index import Hook
+    from .index import Index
+
+logger = logging.getLogger("flask_webhooks.capture")
 
 #: Columns every row of one commit shares: converted once per commit.
 _SHARED = ("created_at", "updated_at", "next_attempt_at")
@@ -169,3 +186,181 @@ def test_delivery_row(state: t.Any, hook: t.Any, *, message: str) -> dict[str, t
     else:
         row.update(body=body, payload=None if is_default else dumps(payload))
     return row
+
+
+# -- building rows -------------------------------------------------------------
+
+
+@dataclass(slots=True, eq=False)
+class _Final:
+    op: str | None
+    entry: Entry
+    pre: dict[str, t.Any] | None
+    collection_changed: bool
+
+
+def _coalesce(journal: list[Entry]) -> list[_Final]:
+    """One event per object: its net effect over the transaction."""
+    finals: dict[InstanceState[t.Any], _Final] = {}
+    for e in journal:
+        f = finals.get(e.state)
+        if f is None:
+            finals[e.state] = _Final(e.op, e, e.pre, e.collection_changed)
+            continue
+        if e.op == m.UPDATED:
+            if f.op is None:  # deleted in a savepoint-free way, then re-added
+                f.op = m.UPDATED
+            f.collection_changed = f.collection_changed or e.collection_changed
+            if f.op != m.DELETED:
+                f.entry = e if f.op == m.UPDATED else f.entry
+        elif e.op == m.DELETED:
+            f.op = None if f.op == m.CREATED else m.DELETED
+            f.entry = e
+        else:  # created again after a delete in the same transaction
+            f.op = m.UPDATED if f.op == m.DELETED else m.CREATED
+            f.entry = e
+    return [f for f in finals.values() if f.op is not None]
+
+
+def _object_id(state: InstanceState[t.Any]) -> str:
+    key = state.key
+    if key is None:
+        key = state.mapper.identity_key_from_instance(state.obj())
+    values = key[1]
+    return ",".join(str(v) for v in values)[:255]
+
+
+def build_rows(
+    journal: list[Entry],
+    index: Index,
+    *,
+    request_id: str,
+    username: str | None,
+) -> list[dict[str, t.Any]]:
+    """The delivery rows of a committing transaction.
+
+    Coalesces the journal into one event per object, serializes each object
+    once (deletes were serialized while their row existed), matches the
+    enabled webhooks (events, then conditions) and renders each body; the
+    default JSON body is encoded once per event and shared. A schema or
+    template error gives a ``failed`` row carrying the message.
+    """
+    now = m.utcnow()
+    timestamp = now.isoformat()
+    db_username = username[:255] if username else None
+    rows: list[dict[str, t.Any]] = []
+    add = rows.append
+    for final in _coalesce(journal):
+        entry = final.entry
+        reg = entry.reg
+        event = t.cast(str, final.op)
+        hooks = index.matching(reg.name, event)
+        if not hooks:
+            continue
+        obj = entry.obj
+        error = None
+        if event == m.DELETED:
+            data, error = entry.data, entry.error
+            prechange, postchange = final.pre, None
+        else:
+            postchange = reg.snapshot(obj)
+            prechange = final.pre if event == m.UPDATED else None
+            if (
+                event == m.UPDATED
+                and not final.collection_changed
+                and prechange == postchange
+            ):
+                continue  # changed and changed back: no net change
+            try:
+                data = reg.dump(obj)
+            except Exception as e:
+                logger.exception(
+                    "flask-webhooks: schema for %r failed to serialize an object",
+                    reg.name,
+                )
+                data, error = None, f"serialization failed: {type(e).__name__}: {e}"
+        # What every delivery row of this event shares.
+        shared = (event, reg.name, _object_id(entry.state), request_id, db_username)
+        if error is not None:
+            for hook in hooks:
+                add(_row(shared, hook, m.FAILED, now, error=error))
+            continue
+        payload = envelope(
+            event=event,
+            timestamp=timestamp,
+            model=reg.name,
+            username=username,
+            request_id=request_id,
+            data=data,
+            prechange=prechange,
+            postchange=postchange,
+        )
+        default_json: bytes | None = None
+        payload_json: str | None = None
+        seen: t.Any = None  # data and snapshots as the receiver will see them
+        for hook in hooks:
+            if hook.conditions is not None:
+                if seen is None:
+                    seen = comparable((data, payload["snapshots"]))
+                if not hook.matches(seen[0], seen[1]):
+                    continue
+            if hook.default_body:
+                # Fan-out: one JSON encoding per event, shared by every webhook.
+                if default_json is None:
+                    default_json = dumps(payload).encode("utf-8")
+                add(_row(shared, hook, m.PENDING, now, body=default_json))
+                continue
+            try:
+                body, _ = render_body(hook.row, payload, default_json)
+            except Exception as e:
+                add(
+                    _row(shared, hook, m.FAILED, now, error=f"body template error: {e}")
+                )
+                continue
+            if payload_json is None:
+                payload_json = dumps(payload)
+            add(_row(shared, hook, m.PENDING, now, body=body, payload=payload_json))
+    return rows
+
+
+def _row(
+    shared: tuple[str, str, str, str | None, str | None],
+    hook: Hook,
+    status: str,
+    now: dt.datetime,
+    *,
+    body: bytes = b"",
+    payload: str | None = None,
+    error: str | None = None,
+) -> dict[str, t.Any]:
+    event, model, object_id, request_id, username = shared
+    return {
+        "id": new_uuid(),
+        "webhook_id": hook.id,
+        "webhook_name": hook.name,
+        "event": event,
+        "model": model,
+        "object_id": object_id,
+        "request_id": request_id,
+        "username": username,
+        "status": status,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        "next_attempt_at": now,
+        "completed_at": now if status == m.FAILED else None,
+        "body": body,
+        "payload": payload,
+        "content_type": hook.content_type,
+        "last_error": error,
+    }
+
+
+def new_uuid() -> str:
+    """A random (version 4) UUID string, about 4x cheaper than ``str(uuid4())``."""
+    h = os.urandom(16).hex()
+    # Version nibble 4; variant bits 10xx in the first nibble of the 4th group.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
