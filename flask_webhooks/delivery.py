@@ -384,14 +384,20 @@ def build_request(
     verify: bool | str = bool(hook.ssl_verification)
     if verify and hook.ca_file_path:
         verify = hook.ca_file_path
+    connect_timeout = min(ext.config.connect_timeout, timeout)
     return HTTPRequest(
         method=(hook.http_method or "POST").upper(),
         url=url,
         headers=headers,
         body=body,
-        connect_timeout=min(ext.config.connect_timeout, timeout),
+        connect_timeout=connect_timeout,
         read_timeout=timeout,
         verify=verify,
+        # A trickling answer must not outlive the lease (connect + timeout +
+        # margin): allow at most the margin's worth of extra time.
+        total_timeout=connect_timeout
+        + timeout
+        + min(timeout, ext.config.lease_margin / 2),
     )
 
 

@@ -437,6 +437,9 @@ class HTTPRequest:
     :param read_timeout: seconds to wait for each read from the server.
     :param verify: True to verify TLS certificates against the default CA
         bundle, False to skip verification, or the path of a CA bundle.
+    :param total_timeout: seconds the whole exchange may take, body included;
+        a receiver that trickles its answer (each read within
+        ``read_timeout``) is cut off there. None: no overall limit.
     """
 
     method: str
@@ -446,6 +449,7 @@ class HTTPRequest:
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
     verify: bool | str = True
+    total_timeout: float | None = None
 
 
 @dataclass
@@ -600,6 +604,10 @@ def _classify(exc: BaseException, request: HTTPRequest) -> tuple[str, str]:
     return "connect", f"connection failed: {innermost}"
 
 
+class _TotalTimeout(Exception):
+    """The answer was still arriving when ``total_timeout`` ran out."""
+
+
 class _Local(threading.local):
     # Dropped when its thread ends; urllib3's pools close their sockets
     # when they are garbage collected.
@@ -701,8 +709,17 @@ class Transport:
                 error_kind=kind,
             )
         result = HTTPResult(response.status_code, headers=dict(response.headers))
+        deadline = (
+            start + request.total_timeout if request.total_timeout is not None else None
+        )
         try:
-            body, result.truncated = self._read_capped(response)
+            body, result.truncated = self._read_capped(response, deadline)
+        except _TotalTimeout:
+            result.error_kind = "timeout"
+            result.error = (
+                f"the response took longer than {request.total_timeout:g} s in total"
+            )
+            body = b""
         except (
             requests.RequestException,
             urllib3.exceptions.HTTPError,
@@ -739,13 +756,20 @@ class Transport:
             return f"invalid URL {request.url!r}: no host"
         return None
 
-    def _read_capped(self, response: requests.Response) -> tuple[bytes, bool]:
-        """Read at most ``max_response_bytes`` (+1 to detect truncation)."""
+    def _read_capped(
+        self, response: requests.Response, deadline: float | None = None
+    ) -> tuple[bytes, bool]:
+        """Read at most ``max_response_bytes`` (+1 to detect truncation),
+        giving up at ``deadline`` (a ``time.monotonic()`` value)."""
         limit = self.max_response_bytes + 1
         chunks: list[bytes] = []
         size = 0
         while size < limit:
-            chunk = response.raw.read(min(limit - size, 65536), decode_content=True)
+            if deadline is not None and time.monotonic() > deadline:
+                raise _TotalTimeout
+            # read1: return after one receive, so the deadline is checked
+            # between the pieces of a trickling answer.
+            chunk = response.raw.read1(min(limit - size, 65536), decode_content=True)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -193,6 +193,52 @@ def test_read_timeout(
     assert result.retryable
 
 
+def test_trickling_answer_is_cut_off_at_total_timeout(
+    make_transport: Callable[..., Transport],
+) -> None:
+    """Each piece arrives within read_timeout, the whole answer never would."""
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):  # 100 s at this pace, unless cut off
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(b"x")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        result = make_transport().send(
+            HTTPRequest(
+                "POST",
+                f"http://127.0.0.1:{port}/hook",
+                body=b"{}",
+                read_timeout=0.5,
+                total_timeout=0.6,
+            )
+        )
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+    assert result.status_code == 200
+    assert not result.ok
+    assert result.error_kind == "timeout"
+    assert result.error == "the response took longer than 0.6 s in total"
+    assert result.retryable
+
+
 def test_connection_refused(make_transport: Callable[..., Transport]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
