@@ -29,7 +29,7 @@ from .admin import release_session
 from .admin import status_badge
 from .admin import truncate
 from .admin import ViewOptions
-from .delivery import requeue
+from .sweeping import requeue
 
 #: Query-string names of the list filters (``named_filter_urls``), for links.
 FILTER_ARGS = {

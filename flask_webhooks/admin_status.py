@@ -16,9 +16,9 @@ from flask_admin.form import SecureForm
 from . import models as m
 from .admin import AdminViewMixin
 from .admin import ViewOptions
-from .delivery import due_condition
 from .queue import backend_name
 from .queue import redact_url
+from .sweeping import due_condition
 
 if t.TYPE_CHECKING:
     from .extension import WebhooksState

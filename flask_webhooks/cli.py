@@ -361,7 +361,7 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_name: str | None) 
     failed deliveries. The attempt count goes on; succeeded deliveries and
     deliveries being sent are left alone.
     """
-    from .delivery import requeue
+    from .sweeping import requeue
 
     if failed and ids:
         raise click.UsageError("give delivery ids or --failed, not both")

@@ -431,7 +431,7 @@ class Webhooks:
         deliveries; the attempt count goes on. Returns False if the delivery is
         being sent or has succeeded.
         """
-        from .delivery import requeue
+        from .sweeping import requeue
 
         delivery_id = getattr(delivery, "id", delivery)
         state = self.state
@@ -442,7 +442,7 @@ class Webhooks:
 
     def sweep(self) -> int:
         """Enqueue every delivery that is due and not leased; return the count."""
-        from .delivery import due_ids
+        from .sweeping import due_ids
 
         state = self.state
         ids = due_ids(state)

@@ -222,7 +222,7 @@ class DeliveryRecorder:
         Retries scheduled by these attempts are recorded again, so call it
         repeatedly to walk through a retry schedule.
         """
-        from .delivery import requeue
+        from .sweeping import requeue
 
         with self._lock:
             due, self.scheduled = self.scheduled, []

@@ -40,10 +40,10 @@ from huey.consumer import Worker
 from . import models as m
 from .delivery import deliver
 from .delivery import lease_seconds
-from .delivery import sweep
 from .queue import backend_name
 from .queue import enqueue_many
 from .queue import is_blocking
+from .sweeping import sweep
 
 if t.TYPE_CHECKING:
     import huey as huey_mod

@@ -27,10 +27,10 @@ from flask_webhooks.delivery import claim
 from flask_webhooks.delivery import deliver
 from flask_webhooks.delivery import lease_seconds
 from flask_webhooks.delivery import MAX_RETRY_AFTER
-from flask_webhooks.delivery import requeue
 from flask_webhooks.delivery import retry_delay
-from flask_webhooks.delivery import sweep
 from flask_webhooks.signing import generate_secret
+from flask_webhooks.sweeping import requeue
+from flask_webhooks.sweeping import sweep
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 

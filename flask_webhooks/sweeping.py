@@ -1,0 +1,214 @@
+"""Finding and re-queueing deliveries: the sweep and manual retries.
+
+:func:`sweep` finds what a lost enqueue, a flushed queue or a killed worker
+left behind: deliveries that are due and not leased. The periodic sweeper
+marks the rows it enqueues by setting ``leased_until`` on
+``pending``/``retrying`` rows ("queued by the sweeper until"), so several
+sweepers do not enqueue the same row again and again while a backlog drains;
+a worker's claim ignores that mark. :func:`requeue` makes deliveries due now
+(manual retry) with one conditional ``UPDATE``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import typing as t
+
+import sqlalchemy as sa
+
+from . import models as m
+
+if t.TYPE_CHECKING:
+    from .extension import WebhooksState
+
+logger = logging.getLogger("flask_webhooks.delivery")
+
+#: Ids per ``IN (...)`` list and per enqueue batch.
+CHUNK = 500
+
+_CLAIMABLE = (m.PENDING, m.RETRYING)
+_REQUEUEABLE = (m.FAILED, m.RETRYING, m.CANCELLED, m.PENDING)
+
+
+def due_condition(table: sa.Table, now: dt.datetime) -> sa.ColumnElement[bool]:
+    """Deliveries that are due and not leased by a worker at ``now``."""
+    c = table.c
+    return sa.or_(
+        sa.and_(
+            c.status.in_(_CLAIMABLE),
+            sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now),
+        ),
+        _expired_lease(table, now),
+    )
+
+
+def _expired_lease(table: sa.Table, now: dt.datetime) -> sa.ColumnElement[bool]:
+    c = table.c
+    return sa.and_(
+        c.status == m.DELIVERING,
+        sa.or_(c.leased_until.is_(None), c.leased_until < now),
+    )
+
+
+def due_ids(
+    ext: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
+) -> list[str]:
+    """Ids of deliveries that are due and not leased by a live worker:
+    ``pending`` rows, ``retrying`` rows whose ``next_attempt_at`` has come,
+    ``delivering`` rows whose lease expired (their worker died).
+
+    :param older_than: only rows due for at least this many seconds.
+    """
+    D = ext.models.Delivery.__table__
+    now = now or m.utcnow()
+    cutoff = now - dt.timedelta(seconds=older_than)
+    c = D.c
+    stmt = sa.select(c.id).where(
+        sa.or_(
+            sa.and_(
+                c.status.in_(_CLAIMABLE),
+                sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
+            ),
+            _expired_lease(D, now),
+        )
+    )
+    with ext.engine().connect() as conn:
+        return list(conn.execute(stmt.order_by(c.next_attempt_at)).scalars())
+
+
+def sweep(
+    ext: WebhooksState,
+    *,
+    now: dt.datetime | None = None,
+    older_than: float = 0.0,
+    hold: float | None = None,
+) -> int:
+    """Enqueue every delivery that is due and not leased; return the count.
+
+    Without ``hold`` this is :meth:`Webhooks.sweep`: everything due is
+    enqueued. The periodic sweeper passes ``hold``: the rows it enqueues are
+    marked (``leased_until = now + hold``) in one atomic ``UPDATE ...
+    RETURNING``, and marked rows are skipped until the mark expires, so
+    several sweepers and repeated sweeps over a large backlog enqueue each
+    row once per ``hold``. If the enqueue fails (queue down) the marks are
+    removed again.
+
+    :param older_than: leave rows due for less than this many seconds to the
+        enqueue that follows their commit.
+    """
+    now = now or m.utcnow()
+    if hold is None:
+        ids = due_ids(ext, now=now, older_than=older_than)
+        _enqueue(ext, ids)
+        return len(ids)
+    D = ext.models.Delivery.__table__
+    c = D.c
+    cutoff = now - dt.timedelta(seconds=older_than)
+    mark = now + dt.timedelta(seconds=hold)
+    fresh = sa.and_(
+        c.status.in_(_CLAIMABLE),
+        sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
+        sa.or_(c.leased_until.is_(None), c.leased_until < now),
+    )
+    engine = ext.engine()
+    with engine.begin() as conn:
+        expired = list(
+            conn.execute(sa.select(c.id).where(_expired_lease(D, now))).scalars()
+        )
+        stmt = sa.update(D).where(fresh).values(leased_until=mark)
+        if _nothing_to_write(conn, D, fresh):
+            marked = []
+        elif conn.dialect.update_returning:
+            marked = list(conn.execute(stmt.returning(c.id)).scalars())
+        else:
+            marked = list(conn.execute(sa.select(c.id).where(fresh)).scalars())
+            for chunk in _chunks(marked):
+                conn.execute(stmt.where(c.id.in_(chunk)))
+    ids = expired + marked
+    try:
+        _enqueue(ext, ids)
+    except Exception:
+        if marked:
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.update(D)
+                    .where(c.status.in_(_CLAIMABLE), c.leased_until == mark)
+                    .values(leased_until=None)
+                )
+        raise
+    return len(ids)
+
+
+def _nothing_to_write(
+    conn: sa.Connection, table: sa.Table, where: sa.ColumnElement[bool]
+) -> bool:
+    """On SQLite, whether a conditional write would match no row.
+
+    SQLite commits even a no-op ``UPDATE`` with a database-wide exclusive
+    lock, which waits for every open reader (a web request's session, say).
+    Checking first keeps no-op retries and sweeps from blocking. The
+    ``UPDATE`` that follows still decides atomically.
+    """
+    if conn.dialect.name != "sqlite":
+        return False
+    return conn.execute(sa.select(table.c.id).where(where).limit(1)).first() is None
+
+
+def _enqueue(ext: WebhooksState, ids: list[str]) -> None:
+    if ids:
+        ext.enqueue(ids)
+
+
+def _chunks(ids: t.Sequence[str], size: int = CHUNK) -> t.Iterator[t.Sequence[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size]
+
+
+def requeue(
+    ext: WebhooksState, ids: t.Sequence[str], *, now: dt.datetime | None = None
+) -> list[str]:
+    """Make deliveries due now (manual retry); returns the ids that changed.
+
+    One conditional ``UPDATE`` (with ``RETURNING`` where the dialect has it)
+    per chunk of ids: ``failed``, ``retrying``, ``cancelled`` and ``pending``
+    deliveries become ``pending``; deliveries being sent or already succeeded
+    are left alone. The attempt count goes on, so a delivery that exhausted
+    its schedule gets one more attempt.
+    """
+    if not ids:
+        return []
+    D = ext.models.Delivery.__table__
+    c = D.c
+    now = now or m.utcnow()
+    changed: list[str] = []
+    with ext.engine().begin() as conn:
+        for chunk in _chunks(list(dict.fromkeys(str(i) for i in ids))):
+            where = sa.and_(c.id.in_(chunk), c.status.in_(_REQUEUEABLE))
+            if _nothing_to_write(conn, D, where):
+                continue
+            stmt = (
+                sa.update(D)
+                .where(where)
+                .values(
+                    status=m.PENDING,
+                    next_attempt_at=now,
+                    leased_until=None,
+                    completed_at=None,
+                    updated_at=now,
+                )
+            )
+            if conn.dialect.update_returning:
+                changed.extend(conn.execute(stmt.returning(c.id)).scalars())
+            else:
+                conn.execute(stmt)
+                changed.extend(
+                    conn.execute(
+                        sa.select(c.id).where(
+                            c.id.in_(chunk),
+                            c.status == m.PENDING,
+                            c.updated_at == now,
+                        )
+                    ).scalars()
+                )
+    return changed
