@@ -6,7 +6,8 @@ environment variables set by :func:`benchlib.bench_env`:
 
 ``BENCH_DATABASE_URL``, ``BENCH_SCHEMA`` (PostgreSQL schema, may be empty),
 ``BENCH_QUEUE`` (``sqlite:///path`` or ``redis://...``), ``BENCH_HUEY_NAME``,
-``BENCH_SQLITE_WAL`` (non-empty: WAL and ``synchronous=NORMAL``).
+``BENCH_SQLITE_WAL`` (non-empty: WAL and ``synchronous=NORMAL``),
+``BENCH_SWEEP_INTERVAL`` (``WEBHOOKS_SWEEP_INTERVAL`` of the worker, if set).
 
 Tables and webhooks are created by the driver; this module only connects.
 """
@@ -39,8 +40,34 @@ def create_app() -> Flask:
         schema=os.environ.get("BENCH_SCHEMA") or None,
         create=False,
         sqlite_wal=bool(os.environ.get("BENCH_SQLITE_WAL")),
+        config=(
+            {"WEBHOOKS_SWEEP_INTERVAL": float(os.environ["BENCH_SWEEP_INTERVAL"])}
+            if os.environ.get("BENCH_SWEEP_INTERVAL")
+            else None
+        ),
     )
     return setup.app
 
 
+def _install_snapshot_signal(prefix: str) -> None:
+    """On SIGUSR2, write a tracemalloc snapshot to ``prefix-N.snap``.
+
+    For leak hunting (``memory.py --tracemalloc``): the worker runs with
+    ``PYTHONTRACEMALLOC`` set, the driver signals it at chosen points and
+    compares the snapshots.
+    """
+    import itertools
+    import signal
+    import tracemalloc
+
+    counter = itertools.count(1)
+
+    def dump(signum: int, frame: object) -> None:
+        tracemalloc.take_snapshot().dump(f"{prefix}-{next(counter)}.snap")
+
+    signal.signal(signal.SIGUSR2, dump)
+
+
 app = create_app()
+if os.environ.get("BENCH_SNAPSHOT_PREFIX"):
+    _install_snapshot_signal(os.environ["BENCH_SNAPSHOT_PREFIX"])

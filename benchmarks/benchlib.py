@@ -213,6 +213,7 @@ def build_setup(
     schema: str | None = None,
     create: bool = True,
     sqlite_wal: bool = False,
+    config: dict[str, t.Any] | None = None,
 ) -> Setup:
     """An app + db with the bench models; the extension on or off.
 
@@ -232,6 +233,7 @@ def build_setup(
         WEBHOOKS_QUEUE_URL=queue_url,
         WEBHOOKS_EMBEDDED_WORKERS=embedded_workers,
     )
+    app.config.update(config or {})
     if schema and is_postgres(database_url) and create:
         create_pg_schema(database_url, schema)
     db = SQLAlchemy(app)
@@ -478,6 +480,7 @@ def bench_env(
     queue: str,
     huey_name: str,
     sqlite_wal: bool = False,
+    sweep_interval: float | None = None,
 ) -> dict[str, str]:
     """Environment that makes ``bench_app.create_app`` match the driver's app."""
     env = dict(os.environ)
@@ -487,6 +490,7 @@ def bench_env(
         BENCH_QUEUE=queue,
         BENCH_HUEY_NAME=huey_name,
         BENCH_SQLITE_WAL="1" if sqlite_wal else "",
+        BENCH_SWEEP_INTERVAL="" if sweep_interval is None else str(sweep_interval),
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -156,7 +156,13 @@ def commit_part(n: int, rounds: int, database_url: str | None) -> dict[str, floa
 
 
 def worker_part(
-    n: int, threads: int, queue_kind: str, database_url: str | None, redis_url: str
+    n: int,
+    threads: int,
+    queue_kind: str,
+    database_url: str | None,
+    redis_url: str,
+    sweep_interval: float | None = None,
+    trace: bool = False,
 ) -> dict[str, float]:
     first = min(2000, n)
     print(
@@ -203,8 +209,15 @@ def worker_part(
                     s.db.session.commit()
                     s.db.session.remove()
             env = bl.bench_env(
-                database_url=url, schema=schema, queue=queue, huey_name=huey_name
+                database_url=url,
+                schema=schema,
+                queue=queue,
+                huey_name=huey_name,
+                sweep_interval=sweep_interval,
             )
+            snap_prefix = os.path.join(workdir, "worker")
+            if trace:
+                env.update(PYTHONTRACEMALLOC="12", BENCH_SNAPSHOT_PREFIX=snap_prefix)
             receiver.reset()
             worker = bl.WorkerProcess(env, threads, log_path)
             t0 = time.monotonic()
@@ -215,6 +228,8 @@ def worker_part(
                 samples.append(
                     [stats["count"], time.monotonic() - t0, rss / MIB, hwm / MIB]
                 )
+                if trace and mark in (first, n):
+                    snapshot(worker, f"{snap_prefix}-{1 if mark == first else 2}.snap")
                 bl.log(f"{stats['count']} delivered: RSS {rss / MIB:.1f} MiB")
             D = s.webhooks.Delivery
             deadline = time.monotonic() + 60
@@ -241,6 +256,8 @@ def worker_part(
             if s is not None:
                 s.close()
             receiver.stop()
+            if trace:
+                print_growth(f"{snap_prefix}-1.snap", f"{snap_prefix}-2.snap")
     bl.print_table(["delivered", "seconds", "VmRSS MiB", "VmHWM MiB"], samples)
     at_first, at_end = samples[0], samples[-1]
     return {
@@ -249,6 +266,35 @@ def worker_part(
         "worker_rss_first_mib": at_first[2],
         "worker_rss_end_mib": at_end[2],
     }
+
+
+def snapshot(worker: bl.WorkerProcess, path: str) -> None:
+    """Ask the worker for a tracemalloc snapshot and wait until it is written."""
+    import signal
+
+    worker.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    size = -1
+    while time.monotonic() < deadline:
+        if os.path.exists(path) and os.path.getsize(path) == size > 0:
+            return
+        size = os.path.getsize(path) if os.path.exists(path) else -1
+        time.sleep(0.5)
+    raise TimeoutError(f"no snapshot at {path}")
+
+
+def print_growth(before: str, after: str, top: int = 8) -> None:
+    import tracemalloc
+
+    old = tracemalloc.Snapshot.load(before)
+    new = tracemalloc.Snapshot.load(after)
+    stats = new.compare_to(old, "traceback")
+    total = sum(st.size_diff for st in stats)
+    print(f"\ntracemalloc: {total / 1024:.1f} KiB more traced memory at the end")
+    for st in stats[:top]:
+        print(f"{st.size_diff / 1024:9.1f} KiB {st.count_diff:+7d} blocks")
+        for line in st.traceback.format()[-12:]:
+            print("        " + line)
 
 
 def main(argv: list[str] | None = None) -> dict[str, t.Any]:
@@ -260,6 +306,18 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     parser.add_argument("--redis-url", default=bl.DEFAULT_REDIS_URL)
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of part (a)")
+    parser.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=None,
+        help="WEBHOOKS_SWEEP_INTERVAL of the worker (default: the extension's)",
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="run the worker under tracemalloc and print what grew between "
+        "the first mark and the end (slows the worker down)",
+    )
     parser.add_argument("--skip-commit", action="store_true")
     parser.add_argument("--skip-worker", action="store_true")
     parser.add_argument(
@@ -291,6 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                 args.queue,
                 args.database_url,
                 args.redis_url,
+                args.sweep_interval,
+                args.tracemalloc,
             )
         )
     result.update(
