@@ -22,6 +22,7 @@ sweeper's marks.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import random
@@ -121,6 +122,91 @@ def _claim_columns(table: sa.Table) -> list[sa.ColumnElement[t.Any]]:
     return [c.id, c.webhook_id, c.attempts, c.body, c.payload, c.content_type]
 
 
+@functools.lru_cache(maxsize=32)
+def _claim_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
+    """The claim ``UPDATE`` (plain and with ``RETURNING``) and the read-back
+    ``SELECT``, built once per table.
+
+    Building a statement and its cache key costs SQLAlchemy more than running
+    it (measured ~570 us vs ~110 us for the claim), so the statements of an
+    attempt are built once with bind parameters.
+    """
+    c = table.c
+    stmt = (
+        sa.update(table)
+        .where(c.id == sa.bindparam("b_id"))
+        .where(
+            sa.or_(
+                sa.and_(
+                    c.status.in_(_CLAIMABLE),
+                    sa.or_(
+                        c.next_attempt_at.is_(None),
+                        c.next_attempt_at <= sa.bindparam("b_due"),
+                    ),
+                ),
+                sa.and_(
+                    c.status == m.DELIVERING,
+                    sa.or_(
+                        c.leased_until.is_(None),
+                        c.leased_until < sa.bindparam("b_now"),
+                    ),
+                ),
+            )
+        )
+        .values(
+            status=m.DELIVERING,
+            leased_until=sa.bindparam("b_lease_until"),
+            attempts=c.attempts + 1,
+            updated_at=sa.bindparam("b_updated_at"),
+        )
+    )
+    columns = _claim_columns(table)
+    read_back = sa.select(*columns).where(c.id == sa.bindparam("b_id"))
+    return stmt, stmt.returning(*columns), read_back
+
+
+_RESULT_COLUMNS = (
+    "status",
+    "leased_until",
+    "next_attempt_at",
+    "last_status_code",
+    "last_error",
+    "updated_at",
+    "completed_at",
+    "request_method",
+    "request_url",
+    "request_headers",
+    "response_headers",
+    "response_body",
+    "duration_ms",
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _webhook_statement(table: sa.Table) -> t.Any:
+    return sa.select(table).where(table.c.id == sa.bindparam("b_id"))
+
+
+@functools.lru_cache(maxsize=32)
+def _result_statement(table: sa.Table) -> t.Any:
+    """The result ``UPDATE``: applies only while the row is still ours."""
+    c = table.c
+    return (
+        sa.update(table)
+        .where(
+            c.id == sa.bindparam("b_id"),
+            c.status == m.DELIVERING,
+            c.attempts == sa.bindparam("b_attempt"),
+        )
+        .values({name: sa.bindparam(f"v_{name}") for name in _RESULT_COLUMNS})
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_statement(table: sa.Table) -> t.Any:
+    return sa.insert(table)
+
+
 def claim(
     conn: sa.Connection,
     table: sa.Table,
@@ -136,36 +222,19 @@ def claim(
     attempt's number), ``body``, ``payload``, ``content_type``), or None if
     someone else has it or it is not due.
     """
-    c = table.c
-    due = sa.or_(
-        c.next_attempt_at.is_(None), c.next_attempt_at <= now + EARLY_TOLERANCE
-    )
-    stmt = (
-        sa.update(table)
-        .where(c.id == delivery_id)
-        .where(
-            sa.or_(
-                sa.and_(c.status.in_(_CLAIMABLE), due),
-                sa.and_(
-                    c.status == m.DELIVERING,
-                    sa.or_(c.leased_until.is_(None), c.leased_until < now),
-                ),
-            )
-        )
-        .values(
-            status=m.DELIVERING,
-            leased_until=now + dt.timedelta(seconds=lease),
-            attempts=c.attempts + 1,
-            updated_at=now,
-        )
-    )
+    update, update_returning, read_back = _claim_statements(table)
+    params = {
+        "b_id": delivery_id,
+        "b_due": now + EARLY_TOLERANCE,
+        "b_now": now,
+        "b_lease_until": now + dt.timedelta(seconds=lease),
+        "b_updated_at": now,
+    }
     if conn.dialect.update_returning:
-        return conn.execute(stmt.returning(*_claim_columns(table))).one_or_none()
-    if conn.execute(stmt).rowcount != 1:
+        return conn.execute(update_returning, params).one_or_none()
+    if conn.execute(update, params).rowcount != 1:
         return None
-    return conn.execute(
-        sa.select(*_claim_columns(table)).where(c.id == delivery_id)
-    ).one()
+    return conn.execute(read_back, {"b_id": delivery_id}).one()
 
 
 def deliver(
@@ -198,7 +267,7 @@ def deliver(
         hook = None
         if row.webhook_id is not None:
             hook = conn.execute(
-                sa.select(W).where(W.c.id == row.webhook_id)
+                _webhook_statement(W), {"b_id": row.webhook_id}
             ).one_or_none()
         if hook is not None and hook.timeout and float(hook.timeout) > cfg.timeout:
             # This webhook may take longer than the default lease allows.
@@ -262,45 +331,38 @@ def deliver(
     response_headers = result.headers or None
 
     with engine.begin() as conn:
-        owned = (
-            conn.execute(
-                sa.update(D)
-                .where(
-                    D.c.id == row.id,
-                    D.c.status == m.DELIVERING,
-                    D.c.attempts == attempt,
-                )
-                .values(
-                    status=status,
-                    leased_until=None,
-                    next_attempt_at=next_at,
-                    last_status_code=result.status_code,
-                    last_error=_clip(error),
-                    updated_at=finished,
-                    completed_at=finished if status in _FINAL else None,
-                    request_method=request.method,
-                    request_url=request.url[:2000],
-                    request_headers=stored_headers,
-                    response_headers=response_headers,
-                    response_body=result.body_excerpt,
-                    duration_ms=duration_ms,
-                )
-            ).rowcount
-            == 1
-        )
+        result_values = {
+            "status": status,
+            "leased_until": None,
+            "next_attempt_at": next_at,
+            "last_status_code": result.status_code,
+            "last_error": _clip(error),
+            "updated_at": finished,
+            "completed_at": finished if status in _FINAL else None,
+            "request_method": request.method,
+            "request_url": request.url[:2000],
+            "request_headers": stored_headers,
+            "response_headers": response_headers,
+            "response_body": result.body_excerpt,
+            "duration_ms": duration_ms,
+        }
+        params = {f"v_{k}": v for k, v in result_values.items()}
+        params.update(b_id=row.id, b_attempt=attempt)
+        owned = conn.execute(_result_statement(D), params).rowcount == 1
         conn.execute(
-            sa.insert(ext.models.DeliveryAttempt.__table__).values(
-                delivery_id=row.id,
-                number=attempt,
-                started_at=start,
-                duration_ms=duration_ms,
-                status_code=result.status_code,
-                error=_clip(error),
-                request_url=request.url[:2000],
-                request_headers=stored_headers,
-                response_headers=response_headers,
-                response_body=result.body_excerpt,
-            )
+            _insert_statement(ext.models.DeliveryAttempt.__table__),
+            {
+                "delivery_id": row.id,
+                "number": attempt,
+                "started_at": start,
+                "duration_ms": duration_ms,
+                "status_code": result.status_code,
+                "error": _clip(error),
+                "request_url": request.url[:2000],
+                "request_headers": stored_headers,
+                "response_headers": response_headers,
+                "response_body": result.body_excerpt,
+            },
         )
         disabled = None
         if owned and status in _FINAL:
