@@ -77,6 +77,18 @@ def due_ids(
         return list(conn.execute(stmt.order_by(c.next_attempt_at)).scalars())
 
 
+def _waiting_tasks(ext: WebhooksState) -> int:
+    """Tasks waiting in the queue (0 when the backend cannot tell)."""
+    try:
+        return int(ext.huey.pending_count())
+    except Exception:
+        return 0
+
+
+def _count(conn: sa.Connection, table: sa.Table, where: t.Any) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).where(where)).scalar_one())
+
+
 def sweep(
     ext: WebhooksState,
     *,
@@ -92,7 +104,9 @@ def sweep(
     RETURNING``, and marked rows are skipped until the mark expires, so
     several sweepers and repeated sweeps over a large backlog enqueue each
     row once per ``hold``. If the enqueue fails (queue down) the marks are
-    removed again.
+    removed again. While the queue holds at least as many tasks as there are
+    due rows, the periodic sweep takes them for a backlog still draining and
+    enqueues only rows whose worker died (expired leases).
 
     :param older_than: leave rows due for less than this many seconds to the
         enqueue that follows their commit.
@@ -112,12 +126,19 @@ def sweep(
         sa.or_(c.leased_until.is_(None), c.leased_until < now),
     )
     engine = ext.engine()
+    waiting = _waiting_tasks(ext)
     with engine.begin() as conn:
         expired = list(
             conn.execute(sa.select(c.id).where(_expired_lease(D, now))).scalars()
         )
         stmt = sa.update(D).where(fresh).values(leased_until=mark)
-        if _nothing_to_write(conn, D, fresh):
+        due = _count(conn, D, fresh) if waiting else None
+        if due == 0 or (due is not None and waiting >= due):
+            # A backlog the workers have not reached yet, not a lost enqueue:
+            # the queue holds at least as many tasks as there are due rows.
+            # Enqueueing them again would only double the backlog.
+            marked: list[str] = []
+        elif due is None and _nothing_to_write(conn, D, fresh):
             marked = []
         elif conn.dialect.update_returning:
             marked = list(conn.execute(stmt.returning(c.id)).scalars())

@@ -692,7 +692,11 @@ def test_periodic_sweep_marks_rows_so_they_are_enqueued_once_per_hold(
     assert huey.pending_count() == 3
     # Another sweeper (or the next interval) finds them marked.
     assert sweep(state, now=now + dt.timedelta(seconds=1), older_than=5, hold=30) == 0
-    # Still not picked up once the mark expires (the queue lost them again).
+    # Still in the queue when the mark expires: a backlog, not a loss.
+    assert sweep(state, now=now + dt.timedelta(seconds=31), older_than=5, hold=30) == 0
+    assert huey.pending_count() == 3
+    # The queue lost them again: enqueued again once the mark expires.
+    huey.flush()
     assert sweep(state, now=now + dt.timedelta(seconds=31), older_than=5, hold=30) == 3
     # A worker claims a marked row regardless of the mark.
     assert deliver(state, ids[0], now=now).claimed is True
