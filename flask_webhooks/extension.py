@@ -147,7 +147,6 @@ class WebhooksState:
         self.registry = ext.registry
         self.index_cache = IndexCache(models.Webhook.__table__)
         self.outbox = OutboxWriter(models.Delivery.__table__)
-        self._local = threading.local()
         self._transport_lock = threading.Lock()
         self._transport: Transport | None = None
         self.deliver_task: t.Any = None
@@ -211,13 +210,6 @@ class WebhooksState:
         from .worker import enqueue
 
         enqueue(self, ids, delay=delay)
-
-    def ensure_workers(self) -> None:
-        """Start embedded workers on first use when the queue needs them."""
-        from .worker import start_embedded_workers
-
-        if self.workers is None:
-            start_embedded_workers(self)
 
 
 def _flask_login_username(app: Flask) -> str | None:
