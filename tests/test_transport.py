@@ -8,14 +8,17 @@ query is made either.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import gc
+import gzip
 import ipaddress
 import socket
 import ssl
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
@@ -416,6 +419,215 @@ def test_ipv6_loopback(
     assert seen[0].startswith(b"POST /hook HTTP/1.1")
 
 
+# -- what goes on the wire ---------------------------------------------------
+
+
+def one_exchange(
+    answer: bytes, request: Callable[[str], HTTPResult]
+) -> tuple[bytes, HTTPResult]:
+    """Serve ``answer`` to one request on a raw socket; return the request bytes.
+
+    The exact bytes show what a recording HTTP server would hide (header
+    order, duplicates, framing).
+    """
+    seen: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5)
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head = data.split(b"\r\n\r\n", 1)[0].lower()
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                while len(data) < len(head) + 4 + length:
+                    data += conn.recv(65536)
+                seen.append(data)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            result = request(f"http://127.0.0.1:{port}/hook")
+        finally:
+            thread.join(5)
+    return seen[0], result
+
+
+def header_lines(raw: bytes) -> list[tuple[str, str]]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    pairs = [line.split(":", 1) for line in head.split("\r\n")[1:]]
+    return [(name.lower(), value.strip()) for name, value in pairs]
+
+
+def test_wire_headers_given_ones_plus_host_framing_and_accept(
+    make_transport: Callable[..., Transport],
+) -> None:
+    body = b'{"a": 1}'
+    headers = {
+        "Content-Type": "application/json",
+        "accept": "application/json",  # replaces the default, in any case
+        "Content-Length": "999",  # framing is the transport's
+        "Transfer-Encoding": "chunked",
+        "X-Hook-Signature": "ab" * 64,
+    }
+    raw, result = one_exchange(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        lambda url: make_transport().send(HTTPRequest("POST", url, headers, body)),
+    )
+    assert result.ok, result.error
+    assert raw.startswith(b"POST /hook HTTP/1.1\r\n")
+    assert raw.endswith(b"\r\n\r\n" + body)
+    lines = header_lines(raw)
+    names = [name for name, _ in lines]
+    assert len(names) == len(set(names)), lines
+    assert dict(lines) == {
+        "host": raw.split(b"Host: ", 1)[1].split(b"\r\n", 1)[0].decode(),
+        "content-length": str(len(body)),
+        "content-type": "application/json",
+        "accept": "application/json",
+        "accept-encoding": "gzip, deflate",
+        "x-hook-signature": "ab" * 64,
+        "user-agent": dict(lines)["user-agent"],
+    }
+    assert dict(lines)["host"].startswith("127.0.0.1:")
+
+
+def test_default_accept_headers_reach_the_receiver(
+    receiver: Receiver, make_transport: Callable[..., Transport]
+) -> None:
+    assert make_transport().send(post(receiver.url)).ok
+    (got,) = receiver.wait_for(1)
+    assert got.headers["Accept"] == "*/*"
+    assert got.headers["Accept-Encoding"] == "gzip, deflate"
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "length"),
+    [
+        ("GET", b"", None),
+        ("HEAD", b"", None),
+        ("DELETE", b"", "0"),
+        ("POST", b"", "0"),
+        ("GET", b'{"q": 1}', "8"),
+        ("DELETE", b'{"q": 1}', "8"),
+    ],
+)
+def test_body_and_content_length_per_method(
+    receiver: Receiver,
+    make_transport: Callable[..., Transport],
+    method: str,
+    body: bytes,
+    length: str | None,
+) -> None:
+    result = make_transport().send(HTTPRequest(method.lower(), receiver.url, body=body))
+    assert result.ok, result.error
+    (got,) = receiver.wait_for(1)
+    assert got.method == method
+    assert got.headers.get("Content-Length") == length
+    assert got.body == body
+    assert result.body_excerpt == ("" if method == "HEAD" else "ok")
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_answer_is_decoded(
+    receiver: Receiver, make_transport: Callable[..., Transport], encoding: str
+) -> None:
+    text = b'{"status": "queued", "detail": "' + b"z" * 500 + b'"}'
+    packed = gzip.compress(text) if encoding == "gzip" else zlib.compress(text)
+    receiver.respond(Answer(headers={"Content-Encoding": encoding}, body=packed))
+    result = make_transport().send(post(receiver.url))
+    assert result.ok, result.error
+    assert result.body_excerpt == text.decode()
+    assert not result.truncated
+
+
+def test_compressed_answer_is_capped_after_decoding(
+    receiver: Receiver, make_transport: Callable[..., Transport]
+) -> None:
+    quiet(receiver)
+    bomb = gzip.compress(b"0" * 5_000_000)  # ~5 KB on the wire
+    receiver.respond(Answer(headers={"Content-Encoding": "gzip"}, body=bomb))
+    result = make_transport(max_response_bytes=1000).send(post(receiver.url))
+    assert result.ok, result.error
+    assert result.truncated
+    assert result.body_excerpt == "0" * 1000
+
+
+@pytest.mark.parametrize(
+    ("headers", "method"),
+    [
+        ({"X-Evil": "a\r\nX-Injected: 1"}, "POST"),
+        ({"X-Evil": "a\n b"}, "POST"),
+        ({"X-Evil\r\nX-Injected": "1"}, "POST"),
+        ({"X-Lead": " leading space"}, "POST"),
+        ({"Bad:Name": "1"}, "POST"),
+        ({}, "POST\r\nX-Injected: 1"),
+    ],
+)
+def test_request_that_could_split_the_header_block_is_refused(
+    receiver: Receiver,
+    make_transport: Callable[..., Transport],
+    connects: list[tuple[str, int]],
+    headers: dict[str, str],
+    method: str,
+) -> None:
+    result = make_transport().send(HTTPRequest(method, receiver.url, headers, b"{}"))
+    assert result.status_code is None
+    assert result.error_kind == "invalid_url"
+    assert result.error is not None and result.error.startswith("invalid request: ")
+    assert not result.retryable
+    time.sleep(0.05)
+    assert receiver.requests == []
+
+
+def test_url_credentials_become_basic_auth(
+    receiver: Receiver, make_transport: Callable[..., Transport]
+) -> None:
+    url = f"http://hook%20user:p%40ss@127.0.0.1:{receiver.port}/hook?x=1"
+    assert make_transport().send(post(url)).ok
+    (got,) = receiver.wait_for(1)
+    token = base64.b64encode(b"hook user:p@ss").decode()
+    assert got.headers["Authorization"] == f"Basic {token}"
+    assert got.path == "/hook?x=1"
+    # Basic credentials are Latin-1; anything else cannot be sent.
+    result = make_transport().send(
+        post(f"http://user:pass€@127.0.0.1:{receiver.port}/")
+    )
+    assert result.error_kind == "invalid_url"
+    assert result.error == "invalid URL: the user name or password is not Latin-1 text"
+
+
+def test_path_and_query_are_percent_encoded(
+    receiver: Receiver, make_transport: Callable[..., Transport]
+) -> None:
+    url = f"http://127.0.0.1:{receiver.port}/a hook/ü?q=a b&r=%2F#fragment"
+    assert make_transport().send(post(url)).ok
+    (got,) = receiver.wait_for(1)
+    assert got.path == "/a%20hook/%C3%BC?q=a%20b&r=%2F"
+
+
+def test_international_host_name_is_idna_encoded(
+    receiver: Receiver,
+    make_transport: Callable[..., Transport],
+    connects: list[tuple[str, int]],
+) -> None:
+    calls: list[str] = []
+    resolver = fake_resolver({"xn--bcher-kva.test": ["127.0.0.1"]}, calls)
+    t = make_transport(URLPolicy(resolver=resolver))
+    result = t.send(post(f"http://Bücher.test:{receiver.port}/hook"))
+    assert result.ok, result.error
+    assert calls == ["xn--bcher-kva.test"]
+    (got,) = receiver.wait_for(1)
+    assert got.headers["Host"] == f"xn--bcher-kva.test:{receiver.port}"
+
+
 # -- URL policy ---------------------------------------------------------------
 
 
@@ -661,6 +873,75 @@ def test_truncated_response_does_not_poison_the_pool(
     assert second.body_excerpt == "second"
 
 
+def test_answer_with_connection_close_is_followed_by_a_new_connection(
+    receiver: Receiver,
+    make_transport: Callable[..., Transport],
+    client_ports: list[int],
+) -> None:
+    t = make_transport()
+    receiver.respond(Answer(headers={"Connection": "close"}))
+    assert t.send(post(receiver.url)).ok
+    assert t.send(post(receiver.url)).ok
+    assert t.send(post(receiver.url)).ok
+    assert client_ports[1] != client_ports[0]
+    assert client_ports[2] == client_ports[1]
+
+
+def test_idle_connection_closed_by_the_server_is_replaced(
+    make_transport: Callable[..., Transport],
+    connects: list[tuple[str, int]],
+) -> None:
+    """A keep-alive connection the receiver dropped meanwhile is not an error."""
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    first_closed = threading.Event()
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(5)
+        port = server.getsockname()[1]
+
+        def serve() -> None:
+            for _ in range(2):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+                    time.sleep(0.05)
+                first_closed.set()
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            t = make_transport()
+            assert t.send(post(f"http://127.0.0.1:{port}/hook")).ok
+            assert first_closed.wait(5)
+            time.sleep(0.05)
+            second = t.send(post(f"http://127.0.0.1:{port}/hook"))
+        finally:
+            thread.join(5)
+    assert second.ok, second.error
+    assert len(connects) == 2
+
+
+def test_least_recently_used_pool_is_closed_beyond_ten(
+    receiver: Receiver,
+    make_transport: Callable[..., Transport],
+    client_ports: list[int],
+) -> None:
+    hosts = [f"h{i}.test" for i in range(11)]
+    resolver = fake_resolver({host: ["127.0.0.1"] for host in hosts})
+    t = make_transport(URLPolicy(resolver=resolver))
+
+    def send(host: str) -> int:
+        assert t.send(post(f"http://{host}:{receiver.port}/hook")).ok
+        return client_ports[-1]
+
+    first = {host: send(host) for host in hosts[:10]}
+    assert send(hosts[0]) == first[hosts[0]]  # h0 is now the most recent
+    send(hosts[10])  # an eleventh pool: h1, the least recent, is closed
+    assert send(hosts[0]) == first[hosts[0]]
+    assert send(hosts[2]) == first[hosts[2]]
+    assert send(hosts[1]) != first[hosts[1]]
+
+
 def test_each_thread_has_its_own_session(
     receiver: Receiver,
     make_transport: Callable[..., Transport],
@@ -776,9 +1057,37 @@ def test_https_verify_false_skips_verification(
     tls_receiver: tuple[Receiver, str], tls_transport: Transport
 ) -> None:
     r, _ = tls_receiver
-    result = tls_transport.send(post(f"https://localhost:{r.port}/hook", verify=False))
+    url = f"https://localhost:{r.port}/hook"
+    # Unverified TLS is a per-webhook choice: no InsecureRequestWarning per
+    # delivery, neither on a new connection nor on a reused one.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = tls_transport.send(post(url, verify=False))
+        again = tls_transport.send(post(url, verify=False))
     assert result.ok, result.error
-    assert len(r.wait_for(1)) == 1
+    assert again.ok, again.error
+    assert len(r.wait_for(2)) == 2
+    assert caught == []
+
+
+def test_https_verify_setting_gets_its_own_connection(
+    tls_receiver: tuple[Receiver, str],
+    tls_transport: Transport,
+    connects: list[tuple[str, int]],
+) -> None:
+    """A verified send never rides on a connection opened without checks."""
+    r, ca_path = tls_receiver
+    url = f"https://localhost:{r.port}/hook"
+    assert tls_transport.send(post(url, verify=False)).ok
+    assert len(connects) == 1
+    assert tls_transport.send(post(url, verify=ca_path)).ok
+    assert len(connects) == 2
+    # Each setting then keeps its own keep-alive connection.
+    assert tls_transport.send(post(url, verify=False)).ok
+    assert tls_transport.send(post(url, verify=ca_path)).ok
+    assert len(connects) == 2
+    unverified = tls_transport.send(post(url))  # default CAs: unknown issuer
+    assert unverified.error_kind == "tls"
 
 
 def test_https_missing_ca_bundle_is_a_tls_error(
