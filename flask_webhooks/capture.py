@@ -77,6 +77,8 @@ class _Transaction:
     marks: dict[SessionTransaction, int] = field(default_factory=dict)
     deleted: set[InstanceState[t.Any]] = field(default_factory=set)
     to_enqueue: list[str] = field(default_factory=list)
+    #: The webhook id of each id in ``to_enqueue`` (batches group by webhook).
+    enqueue_keys: list[str | None] = field(default_factory=list)
 
 
 # -- listener registration ---------------------------------------------------
@@ -461,7 +463,10 @@ def _before_commit(session: Session) -> None:
         )
         if rows:
             tx.ext.write_outbox(session, rows)
-            tx.to_enqueue.extend(r["id"] for r in rows if r["status"] == m.PENDING)
+            for r in rows:
+                if r["status"] == m.PENDING:
+                    tx.to_enqueue.append(r["id"])
+                    tx.enqueue_keys.append(r["webhook_id"])
     except Exception:
         logger.exception(
             "flask-webhooks: failed to record deliveries; the commit goes on"
@@ -476,7 +481,7 @@ def _after_commit(session: Session) -> None:
     if tx is None or not tx.to_enqueue:
         return
     try:
-        tx.ext.enqueue(tx.to_enqueue)
+        tx.ext.enqueue(tx.to_enqueue, keys=tx.enqueue_keys)
     except Exception:
         # The rows are committed: the sweeper will find them.
         logger.exception(

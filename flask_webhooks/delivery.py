@@ -1,16 +1,21 @@
-"""Sending one delivery: claim, build the request, send, record, schedule.
+"""Sending deliveries: claim, build the request, send, schedule.
 
 Per attempt the database sees two short transactions:
 
 1. the *claim*: one conditional ``UPDATE ... RETURNING`` that takes the lease
    (status ``delivering``, ``leased_until``, ``attempts + 1``) only if the row
    is due and nobody holds it, plus a read of its webhook;
-2. the *result*: the delivery row, the attempt row and, when the delivery
-   ends, the webhook's health, in one transaction.
+2. the *result* (:mod:`flask_webhooks.recording`): the delivery row, the
+   attempt row and, when the delivery ends, the webhook's health.
+
+A batch (:func:`deliver_batch`, the task a burst of deliveries of one webhook
+is queued as) shares both: one claim for the whole batch, one result
+transaction for its successful attempts.
 
 The lease outlives the longest request (connect timeout + read timeout +
-``WEBHOOKS_LEASE_MARGIN``). The result is written only while the row is still
-ours (status ``delivering`` and the attempt number we claimed): a worker that
+``WEBHOOKS_LEASE_MARGIN``; twice that for a batch, renewed before a request
+it would not cover). The result is written only while the row is still ours
+(status ``delivering`` and the attempt number we claimed): a worker that
 overran its lease and lost the row to another worker records its attempt in
 the history but does not overwrite the newer outcome.
 
@@ -27,8 +32,8 @@ import json
 import logging
 import random
 import time
+import types
 import typing as t
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -37,9 +42,11 @@ from . import models as m
 from .payload import render_headers
 from .payload import render_url
 from .payload import template_context
+from .recording import Attempt
+from .recording import Outcome
+from .recording import record
 from .signing import signature_headers
 from .transport import HTTPRequest
-from .transport import HTTPResult
 
 if t.TYPE_CHECKING:
     from .extension import Config
@@ -54,33 +61,11 @@ MAX_RETRY_AFTER = 24 * 3600.0
 MIN_RETRY_AFTER = 1.0
 #: A task may arrive this early (clock skew between hosts) and still claim.
 EARLY_TOLERANCE = dt.timedelta(seconds=1)
-#: The health columns of a webhook are rewritten after a success at most this
-#: often (every success would otherwise update the same hot row).
-HEALTH_WRITE_INTERVAL = dt.timedelta(seconds=1)
+#: A batch writes the results of successful attempts at least this often
+#: (a failed attempt is written at once, so the webhook's health is current
+#: for the next attempt).
+RECORD_INTERVAL = 1.0
 _CLAIMABLE = (m.PENDING, m.RETRYING)
-_FINAL = (m.SUCCEEDED, m.FAILED)
-
-
-@dataclass
-class Outcome:
-    """What one call of :func:`deliver` did.
-
-    :param claimed: False when the delivery was not due, already leased by
-        another worker, or finished; nothing was done then.
-    :param status: the delivery's new status; None when it was not claimed,
-        or when another worker took it over while this attempt ran (the
-        attempt is in the history, the other worker's outcome stands).
-    :param retry_in: seconds until the next attempt (status ``retrying``).
-    :param result: the HTTP result, when a request was sent.
-    :param disabled_reason: set when this attempt disabled the webhook.
-    """
-
-    delivery_id: str
-    claimed: bool
-    status: str | None = None
-    retry_in: float | None = None
-    result: HTTPResult | None = None
-    disabled_reason: str | None = None
 
 
 def retry_delay(
@@ -117,13 +102,34 @@ def lease_seconds(config: Config, hook_timeout: float | None = None) -> float:
     return config.connect_timeout + timeout + config.lease_margin
 
 
-def _claim_columns(table: sa.Table) -> list[sa.ColumnElement[t.Any]]:
+def _claim_columns(
+    table: sa.Table, webhooks: sa.Table | None
+) -> list[sa.ColumnElement[t.Any]]:
     c = table.c
-    return [c.id, c.webhook_id, c.attempts, c.body, c.payload, c.content_type]
+    columns: list[sa.ColumnElement[t.Any]] = [
+        c.id,
+        c.webhook_id,
+        c.attempts,
+        c.body,
+        c.payload,
+        c.content_type,
+    ]
+    if webhooks is not None:
+        # The webhook's version, so a cached copy of the webhook can be used
+        # without reading it again.
+        columns.append(
+            sa.select(webhooks.c.updated_at)
+            .where(webhooks.c.id == c.webhook_id)
+            .scalar_subquery()
+            .label("webhook_updated_at")
+        )
+    return columns
 
 
 @functools.lru_cache(maxsize=32)
-def _claim_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
+def _claim_statements(
+    table: sa.Table, webhooks: sa.Table | None
+) -> tuple[t.Any, t.Any, t.Any]:
     """The claim ``UPDATE`` (plain and with ``RETURNING``) and the read-back
     ``SELECT``, built once per table.
 
@@ -134,7 +140,7 @@ def _claim_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
     c = table.c
     stmt = (
         sa.update(table)
-        .where(c.id == sa.bindparam("b_id"))
+        .where(c.id.in_(sa.bindparam("b_ids", expanding=True)))
         .where(
             sa.or_(
                 sa.and_(
@@ -160,51 +166,68 @@ def _claim_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
             updated_at=sa.bindparam("b_updated_at"),
         )
     )
-    columns = _claim_columns(table)
-    read_back = sa.select(*columns).where(c.id == sa.bindparam("b_id"))
+    columns = _claim_columns(table, webhooks)
+    # Without RETURNING: the rows carrying this claim's lease are ours.
+    read_back = sa.select(*columns).where(
+        c.id.in_(sa.bindparam("b_ids", expanding=True)),
+        c.status == m.DELIVERING,
+        c.leased_until == sa.bindparam("b_lease_until"),
+    )
     return stmt, stmt.returning(*columns), read_back
-
-
-_RESULT_COLUMNS = (
-    "status",
-    "leased_until",
-    "next_attempt_at",
-    "last_status_code",
-    "last_error",
-    "updated_at",
-    "completed_at",
-    "request_method",
-    "request_url",
-    "request_headers",
-    "response_headers",
-    "response_body",
-    "duration_ms",
-)
 
 
 @functools.lru_cache(maxsize=32)
 def _webhook_statement(table: sa.Table) -> t.Any:
-    return sa.select(table).where(table.c.id == sa.bindparam("b_id"))
+    return sa.select(table).where(table.c.id.in_(sa.bindparam("b_ids", expanding=True)))
 
 
 @functools.lru_cache(maxsize=32)
-def _result_statement(table: sa.Table) -> t.Any:
-    """The result ``UPDATE``: applies only while the row is still ours."""
+def _renew_statement(table: sa.Table) -> t.Any:
+    """Extends the lease of rows still carrying this worker's lease."""
     c = table.c
     return (
         sa.update(table)
         .where(
-            c.id == sa.bindparam("b_id"),
+            c.id.in_(sa.bindparam("b_ids", expanding=True)),
             c.status == m.DELIVERING,
-            c.attempts == sa.bindparam("b_attempt"),
+            c.leased_until == sa.bindparam("b_old"),
         )
-        .values({name: sa.bindparam(f"v_{name}") for name in _RESULT_COLUMNS})
+        .values(leased_until=sa.bindparam("b_new"))
     )
 
 
-@functools.lru_cache(maxsize=32)
-def _insert_statement(table: sa.Table) -> t.Any:
-    return sa.insert(table)
+def claim_many(
+    conn: sa.Connection,
+    table: sa.Table,
+    delivery_ids: t.Sequence[str],
+    now: dt.datetime,
+    lease: float,
+    webhooks: sa.Table | None = None,
+) -> list[sa.Row[t.Any]]:
+    """Atomically take the due ones of ``delivery_ids`` for one attempt each.
+
+    One conditional ``UPDATE``: it matches only ``pending``/``retrying`` rows
+    that are due, or ``delivering`` rows whose lease has expired (their
+    worker died). Returns the claimed rows (``id``, ``webhook_id``,
+    ``attempts`` (this attempt's number), ``body``, ``payload``,
+    ``content_type``), in no particular order; rows someone else holds or
+    that are not due are left out. All of them get the same ``leased_until``
+    (``now`` + ``lease``), which identifies this claim. With ``webhooks``
+    (the webhook table) each row also carries ``webhook_updated_at``.
+    """
+    update, update_returning, read_back = _claim_statements(table, webhooks)
+    params = {
+        "b_ids": list(delivery_ids),
+        "b_due": now + EARLY_TOLERANCE,
+        "b_now": now,
+        "b_lease_until": now + dt.timedelta(seconds=lease),
+        "b_updated_at": now,
+    }
+    if conn.dialect.update_returning:
+        return list(conn.execute(update_returning, params))
+    if conn.execute(update, params).rowcount == 0:
+        return []
+    return list(conn.execute(read_back, params))
 
 
 def claim(
@@ -214,27 +237,12 @@ def claim(
     now: dt.datetime,
     lease: float,
 ) -> sa.Row[t.Any] | None:
-    """Atomically take the delivery for one attempt.
+    """Atomically take one delivery for one attempt (see :func:`claim_many`).
 
-    One conditional ``UPDATE``: it matches only a ``pending``/``retrying`` row
-    that is due, or a ``delivering`` row whose lease has expired (its worker
-    died). Returns the claimed row (``id``, ``webhook_id``, ``attempts`` (this
-    attempt's number), ``body``, ``payload``, ``content_type``), or None if
-    someone else has it or it is not due.
+    Returns the claimed row, or None if someone else has it or it is not due.
     """
-    update, update_returning, read_back = _claim_statements(table)
-    params = {
-        "b_id": delivery_id,
-        "b_due": now + EARLY_TOLERANCE,
-        "b_now": now,
-        "b_lease_until": now + dt.timedelta(seconds=lease),
-        "b_updated_at": now,
-    }
-    if conn.dialect.update_returning:
-        return conn.execute(update_returning, params).one_or_none()
-    if conn.execute(update, params).rowcount != 1:
-        return None
-    return conn.execute(read_back, {"b_id": delivery_id}).one()
+    rows = claim_many(conn, table, [delivery_id], now, lease)
+    return rows[0] if rows else None
 
 
 def deliver(
@@ -255,54 +263,196 @@ def deliver(
         is ``now`` + the request's duration + the retry delay.
     :param rng: random source for the retry jitter.
     """
+    return deliver_batch(ext, [delivery_id], now=now, rng=rng)[0]
+
+
+def deliver_batch(
+    ext: WebhooksState,
+    delivery_ids: t.Sequence[str],
+    *,
+    now: dt.datetime | None = None,
+    rng: random.Random | None = None,
+) -> list[Outcome]:
+    """Make one attempt of each of ``delivery_ids``, one after the other.
+
+    What :func:`deliver` does for one delivery, with the database work
+    shared: one claim ``UPDATE`` and one read of the webhooks for the whole
+    batch, and the results of successful attempts written together (at
+    least every :data:`RECORD_INTERVAL` seconds; a failed attempt is written
+    at once). The claim's lease covers two requests' worth of time and is
+    renewed before a request that it would not cover, so a crashed worker's
+    batch is taken over as soon as its lease runs out. Returns one
+    :class:`Outcome` per id, in order (``claimed=False`` for ids that were
+    not due or held by someone else).
+    """
+    ids = list(dict.fromkeys(str(i) for i in delivery_ids))
+    if not ids:
+        return []
     D = ext.models.Delivery.__table__
     W = ext.models.Webhook.__table__
     cfg = ext.config
-    engine = ext.engine()
     start = now or m.utcnow()
-    with engine.begin() as conn:
-        row = claim(conn, D, delivery_id, start, lease_seconds(cfg))
-        if row is None:
-            return Outcome(delivery_id, claimed=False)
-        hook = None
-        if row.webhook_id is not None:
-            hook = conn.execute(
-                _webhook_statement(W), {"b_id": row.webhook_id}
-            ).one_or_none()
-        if hook is not None and hook.timeout and float(hook.timeout) > cfg.timeout:
-            # This webhook may take longer than the default lease allows.
-            lease = lease_seconds(cfg, float(hook.timeout))
-            conn.execute(
-                sa.update(D)
-                .where(D.c.id == delivery_id)
-                .values(leased_until=start + dt.timedelta(seconds=lease))
+    lease = lease_seconds(cfg) * (2 if len(ids) > 1 else 1)
+    engine = ext.engine()
+    with _autocommit(engine) as conn:
+        rows = claim_many(conn, D, ids, start, lease, W)
+        hooks = _webhooks(ext, conn, W, rows)
+    outcomes = {i: Outcome(i, claimed=False) for i in ids}
+    by_id = {r.id: r for r in rows}
+    queue = [by_id[i] for i in ids if i in by_id]
+    lease_until = start + dt.timedelta(seconds=lease)
+    ours = set(by_id)
+    waiting: list[Attempt] = []
+    last_write = time.monotonic()
+    for position, row in enumerate(queue):
+        if row.id not in ours:
+            outcomes[row.id] = Outcome(row.id, True, None)
+            continue
+        hook = hooks.get(row.webhook_id) if row.webhook_id is not None else None
+        attempt_start = now or m.utcnow()
+        if hook is not None and hook.enabled:
+            need = dt.timedelta(
+                seconds=lease_seconds(cfg, hook.timeout) - cfg.lease_margin / 2
             )
-    attempt = int(row.attempts)
-    if hook is None:
-        return _finish_unsent(ext, row, attempt, None, "webhook was deleted", start)
-    if not hook.enabled:
-        reason = "webhook is disabled" + (
-            f": {hook.disabled_reason}" if hook.disabled_reason else ""
+            if lease_until - attempt_start < need:
+                rest = [r.id for r in queue[position:] if r.id in ours]
+                new_until = attempt_start + dt.timedelta(
+                    seconds=lease_seconds(cfg, hook.timeout)
+                    * (2 if len(rest) > 1 else 1)
+                )
+                ours -= _renew(ext, D, rest, lease_until, new_until)
+                lease_until = new_until
+                if row.id not in ours:
+                    outcomes[row.id] = Outcome(row.id, True, None)
+                    continue
+        a = _attempt(ext, row, hook, attempt_start, pinned=now is not None, rng=rng)
+        waiting.append(a)
+        if (
+            a.status != m.SUCCEEDED
+            or position == len(queue) - 1
+            or time.monotonic() - last_write >= RECORD_INTERVAL
+        ):
+            for outcome in record(ext, waiting):
+                outcomes[outcome.delivery_id] = outcome
+            waiting = []
+            last_write = time.monotonic()
+    if waiting:
+        for outcome in record(ext, waiting):
+            outcomes[outcome.delivery_id] = outcome
+    return [outcomes[i] for i in ids]
+
+
+def _autocommit(engine: sa.Engine) -> t.ContextManager[sa.Connection]:
+    """A connection for the claim: in autocommit mode where that saves the
+    ``BEGIN``/``COMMIT`` round trips (the claim is one atomic statement and
+    the webhook read needs no transaction). SQLite keeps a transaction:
+    applications commonly take over its ``BEGIN`` handling (SAVEPOINT
+    support), which autocommit would bypass."""
+    if engine.dialect.name == "sqlite":
+        return engine.begin()
+    return engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+
+def _webhooks(
+    ext: WebhooksState, conn: sa.Connection, W: sa.Table, rows: list[sa.Row[t.Any]]
+) -> dict[t.Any, types.SimpleNamespace]:
+    """The webhooks of the claimed ``rows``, as mutable copies.
+
+    Webhook rows are cached per process and used while their ``updated_at``
+    (returned by the claim) is unchanged; every change of a webhook's
+    settings moves it (the health columns, which do not, are rewritten by
+    conditional statements). Only unknown or changed webhooks are read.
+    """
+    cache = ext.webhook_cache
+    wanted = {
+        r.webhook_id: r.webhook_updated_at for r in rows if r.webhook_id is not None
+    }
+    stale = [
+        hook_id
+        for hook_id, version in wanted.items()
+        if version is None or hook_id not in cache or cache[hook_id][0] != version
+    ]
+    if stale:
+        found = {
+            h.id: h._mapping
+            for h in conn.execute(_webhook_statement(W), {"b_ids": stale})
+        }
+        for hook_id in stale:
+            if hook_id in found:
+                cache[hook_id] = (found[hook_id]["updated_at"], dict(found[hook_id]))
+            else:
+                cache.pop(hook_id, None)
+    return {
+        hook_id: types.SimpleNamespace(**cache[hook_id][1])
+        for hook_id in wanted
+        if hook_id in cache
+    }
+
+
+def _renew(
+    ext: WebhooksState,
+    table: sa.Table,
+    delivery_ids: list[str],
+    old: dt.datetime,
+    new: dt.datetime,
+) -> set[str]:
+    """Move the lease of ``delivery_ids`` from ``old`` to ``new``; return the
+    ids that were no longer ours (another worker claimed them after our lease
+    ran out)."""
+    with ext.engine().begin() as conn:
+        done = conn.execute(
+            _renew_statement(table), {"b_ids": delivery_ids, "b_old": old, "b_new": new}
+        ).rowcount
+        if done == len(delivery_ids):
+            return set()
+        c = table.c
+        kept = set(
+            conn.execute(
+                sa.select(c.id).where(c.id.in_(delivery_ids), c.leased_until == new)
+            ).scalars()
         )
-        return _finish_unsent(ext, row, attempt, hook, reason, start)
-    try:
-        request = build_request(ext, row, hook, attempt)
-    except Exception as e:
-        return _finish_unsent(
-            ext,
-            row,
-            attempt,
+    return set(delivery_ids) - kept
+
+
+def _attempt(
+    ext: WebhooksState,
+    row: t.Any,
+    hook: t.Any,
+    start: dt.datetime,
+    *,
+    pinned: bool,
+    rng: random.Random | None,
+) -> Attempt:
+    """Send one claimed delivery (or decide it cannot be sent)."""
+    cfg = ext.config
+    number = int(row.attempts)
+
+    def unsent(reason: str, *, count_failure: bool = False) -> Attempt:
+        return Attempt(
+            row.id,
+            number,
             hook,
-            f"could not build the request: {e}",
             start,
-            count_failure=True,
+            start,
+            m.FAILED,
+            error=reason,
+            count_failure=count_failure,
         )
+
+    if hook is None:
+        return unsent("webhook was deleted")
+    if not hook.enabled:
+        return unsent(
+            "webhook is disabled"
+            + (f": {hook.disabled_reason}" if hook.disabled_reason else "")
+        )
+    try:
+        request = build_request(ext, row, hook, number)
+    except Exception as e:
+        return unsent(f"could not build the request: {e}", count_failure=True)
 
     result = ext.transport().send(request)
-    finished = (
-        start + dt.timedelta(seconds=result.duration) if now is not None else m.utcnow()
-    )
-
+    finished = start + dt.timedelta(seconds=result.duration) if pinned else m.utcnow()
     disable_reason: str | None = None
     retry_in: float | None = None
     if result.ok:
@@ -316,79 +466,28 @@ def deliver(
         overloaded = result.status_code == 429 or result.error_kind == "timeout"
         retry_in = retry_delay(
             cfg.retry_schedule,
-            attempt,
+            number,
             retry_after=result.retry_after,
             at_least_step=overloaded,
             rng=rng,
         )
         status = m.RETRYING if retry_in is not None else m.FAILED
-    error = None if result.ok else result.error
-    next_at = (
-        finished + dt.timedelta(seconds=retry_in) if retry_in is not None else None
-    )
-    duration_ms = round(result.duration * 1000, 3)
-    stored_headers = _redact(request.headers)
-    response_headers = result.headers or None
-
-    with engine.begin() as conn:
-        result_values = {
-            "status": status,
-            "leased_until": None,
-            "next_attempt_at": next_at,
-            "last_status_code": result.status_code,
-            "last_error": _clip(error),
-            "updated_at": finished,
-            "completed_at": finished if status in _FINAL else None,
-            "request_method": request.method,
-            "request_url": request.url[:2000],
-            "request_headers": stored_headers,
-            "response_headers": response_headers,
-            "response_body": result.body_excerpt,
-            "duration_ms": duration_ms,
-        }
-        params = {f"v_{k}": v for k, v in result_values.items()}
-        params.update(b_id=row.id, b_attempt=attempt)
-        owned = conn.execute(_result_statement(D), params).rowcount == 1
-        conn.execute(
-            _insert_statement(ext.models.DeliveryAttempt.__table__),
-            {
-                "delivery_id": row.id,
-                "number": attempt,
-                "started_at": start,
-                "duration_ms": duration_ms,
-                "status_code": result.status_code,
-                "error": _clip(error),
-                "request_url": request.url[:2000],
-                "request_headers": stored_headers,
-                "response_headers": response_headers,
-                "response_body": result.body_excerpt,
-            },
-        )
-        disabled = None
-        if owned and status in _FINAL:
-            disabled = _record_health(ext, conn, hook, status, finished, disable_reason)
-    if not owned:
-        logger.warning(
-            "flask-webhooks: delivery %s attempt %d outlived its lease; another "
-            "worker took the delivery over, this attempt's result is only kept "
-            "in the attempt history",
-            row.id,
-            attempt,
-        )
-        return Outcome(row.id, True, None, None, result)
-
-    _after_attempt(
-        ext,
+    return Attempt(
         row.id,
-        status,
-        retry_in,
+        number,
         hook,
-        disabled,
-        error=error,
-        status_code=result.status_code,
-        attempts=attempt,
+        start,
+        finished,
+        status,
+        error=None if result.ok else result.error,
+        retry_in=retry_in,
+        next_attempt_at=(
+            finished + dt.timedelta(seconds=retry_in) if retry_in is not None else None
+        ),
+        request=request,
+        result=result,
+        disable_reason=disable_reason,
     )
-    return Outcome(row.id, True, status, retry_in, result, disabled)
 
 
 def build_request(
@@ -455,206 +554,3 @@ def build_request(
         + timeout
         + min(timeout, ext.config.lease_margin / 2),
     )
-
-
-_SECRET_HEADERS = ("x-hook-signature", "webhook-signature", "authorization")
-
-
-def _redact(headers: t.Mapping[str, str]) -> dict[str, str]:
-    """Headers as stored for the admin: signatures and credentials masked."""
-    return {
-        k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v)
-        for k, v in headers.items()
-    }
-
-
-def _clip(text: str | None, limit: int = 4000) -> str | None:
-    if text is None or len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…"
-
-
-def _finish_unsent(
-    ext: WebhooksState,
-    row: t.Any,
-    attempt: int,
-    hook: t.Any,
-    reason: str,
-    now: dt.datetime,
-    *,
-    count_failure: bool = False,
-) -> Outcome:
-    """End a claimed delivery as ``failed`` without sending anything."""
-    D = ext.models.Delivery.__table__
-    disabled = None
-    with ext.engine().begin() as conn:
-        owned = (
-            conn.execute(
-                sa.update(D)
-                .where(
-                    D.c.id == row.id,
-                    D.c.status == m.DELIVERING,
-                    D.c.attempts == attempt,
-                )
-                .values(
-                    status=m.FAILED,
-                    leased_until=None,
-                    next_attempt_at=None,
-                    last_error=_clip(reason),
-                    updated_at=now,
-                    completed_at=now,
-                    # Nothing was sent: this does not count as an attempt.
-                    attempts=D.c.attempts - 1,
-                )
-            ).rowcount
-            == 1
-        )
-        if owned and count_failure and hook is not None:
-            disabled = _record_health(ext, conn, hook, m.FAILED, now, None)
-    if not owned:
-        return Outcome(row.id, True, None)
-    _after_attempt(
-        ext,
-        row.id,
-        m.FAILED,
-        None,
-        hook,
-        disabled,
-        error=reason,
-        status_code=None,
-        attempts=attempt - 1,
-    )
-    return Outcome(row.id, True, m.FAILED, disabled_reason=disabled)
-
-
-def _record_health(
-    ext: WebhooksState,
-    conn: sa.Connection,
-    hook: t.Any,
-    status: str,
-    now: dt.datetime,
-    disable_reason: str | None,
-) -> str | None:
-    """Update the webhook's failure streak; disable it when it must be.
-
-    Returns the reason if this call disabled the webhook (so the
-    ``webhook_disabled`` signal is sent once, by the worker that did it).
-    ``updated_at`` is left alone unless the webhook is disabled: the capture
-    index reloads webhooks when it moves.
-    """
-    W = ext.models.Webhook.__table__
-    c = W.c
-    where = c.id == hook.id
-    if status == m.SUCCEEDED:
-        last_at = hook.last_delivery_at
-        if (
-            not hook.consecutive_failures
-            and hook.last_delivery_status == m.SUCCEEDED
-            and last_at is not None
-            and abs(now - last_at) < HEALTH_WRITE_INTERVAL
-        ):
-            return None  # nothing new to say: spare the hot row a write
-        conn.execute(
-            sa.update(W)
-            .where(where)
-            .values(
-                consecutive_failures=0,
-                last_delivery_status=m.SUCCEEDED,
-                last_delivery_at=now,
-                updated_at=c.updated_at,
-            )
-        )
-        return None
-    stmt = (
-        sa.update(W)
-        .where(where)
-        .values(
-            consecutive_failures=c.consecutive_failures + 1,
-            last_delivery_status=m.FAILED,
-            last_delivery_at=now,
-            updated_at=c.updated_at,
-        )
-    )
-    limit = ext.config.disable_after_failures
-    if disable_reason is None and limit:
-        if conn.dialect.update_returning:
-            streak = conn.execute(stmt.returning(c.consecutive_failures)).scalar()
-        else:
-            conn.execute(stmt)
-            streak = conn.execute(
-                sa.select(c.consecutive_failures).where(where)
-            ).scalar()
-        if streak is not None and streak >= limit:
-            disable_reason = (
-                f"{streak} consecutive failed deliveries "
-                f"(WEBHOOKS_DISABLE_AFTER_FAILURES = {limit})"
-            )
-    else:
-        conn.execute(stmt)
-    if disable_reason is None:
-        return None
-    done = conn.execute(
-        sa.update(W)
-        .where(where, c.enabled.is_(True))
-        .values(
-            enabled=False,
-            disabled_reason=disable_reason,
-            disabled_at=now,
-            updated_at=now,
-        )
-    ).rowcount
-    return disable_reason if done == 1 else None
-
-
-def _after_attempt(
-    ext: WebhooksState,
-    delivery_id: str,
-    status: str,
-    retry_in: float | None,
-    hook: t.Any,
-    disabled_reason: str | None,
-    *,
-    error: str | None,
-    status_code: int | None,
-    attempts: int,
-) -> None:
-    """Schedule the next attempt and send signals (after the result committed)."""
-    from . import signals
-
-    if status == m.RETRYING and retry_in is not None:
-        try:
-            ext.enqueue([delivery_id], delay=retry_in)
-        except Exception:
-            logger.exception(
-                "flask-webhooks: scheduling a retry of %s failed; sweep() will "
-                "enqueue it when it is due",
-                delivery_id,
-            )
-    webhook_id = hook.id if hook is not None else None
-    sends: list[tuple[t.Any, dict[str, t.Any]]] = []
-    common = {
-        "delivery_id": delivery_id,
-        "webhook_id": webhook_id,
-        "status_code": status_code,
-        "attempts": attempts,
-    }
-    if status == m.SUCCEEDED:
-        sends.append((signals.delivery_succeeded, common))
-    elif status == m.FAILED:
-        sends.append((signals.delivery_failed, {**common, "error": error}))
-    if disabled_reason is not None:
-        sends.append(
-            (
-                signals.webhook_disabled,
-                {
-                    "webhook_id": webhook_id,
-                    "webhook_name": hook.name if hook is not None else None,
-                    "reason": disabled_reason,
-                },
-            )
-        )
-    for signal, kwargs in sends:
-        try:
-            signal.send(ext.app, **kwargs)
-        except Exception:
-            logger.exception("flask-webhooks: a %s signal handler failed", signal.name)

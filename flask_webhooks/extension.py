@@ -54,6 +54,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_USERNAME_GETTER": None,
     "WEBHOOKS_SWEEP_INTERVAL": 60,
     "WEBHOOKS_LEASE_MARGIN": 30.0,
+    "WEBHOOKS_DELIVERY_BATCH_SIZE": 20,
 }
 
 
@@ -74,6 +75,7 @@ class Config:
     username_getter: t.Callable[[], str | None] | None
     sweep_interval: float
     lease_margin: float = 30.0
+    delivery_batch_size: int = 20
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:
@@ -123,6 +125,7 @@ class Config:
             username_getter=getter,
             sweep_interval=number("WEBHOOKS_SWEEP_INTERVAL", float, 1),
             lease_margin=number("WEBHOOKS_LEASE_MARGIN", float, 0),
+            delivery_batch_size=number("WEBHOOKS_DELIVERY_BATCH_SIZE", int, 1),
         )
 
 
@@ -150,6 +153,9 @@ class WebhooksState:
         self._transport_lock = threading.Lock()
         self._transport: Transport | None = None
         self.deliver_task: t.Any = None
+        self.deliver_batch_task: t.Any = None
+        #: Webhook rows the delivery engine read: id -> (updated_at, values).
+        self.webhook_cache: dict[t.Any, tuple[t.Any, dict[str, t.Any]]] = {}
         self.workers: t.Any = None
         self.sweep_task: t.Any = None
 
@@ -205,11 +211,21 @@ class WebhooksState:
                     )
         return self._transport
 
-    def enqueue(self, ids: t.Iterable[str], delay: float | None = None) -> None:
-        """Hand delivery ids to the queue (after their rows are committed)."""
+    def enqueue(
+        self,
+        ids: t.Iterable[str],
+        delay: float | None = None,
+        *,
+        keys: t.Sequence[str | None] | None = None,
+    ) -> None:
+        """Hand delivery ids to the queue (after their rows are committed).
+
+        :param keys: the webhook id of each delivery, in the order of ``ids``:
+            many deliveries of one webhook then travel as batch tasks.
+        """
         from .worker import enqueue
 
-        enqueue(self, ids, delay=delay)
+        enqueue(self, ids, delay=delay, keys=keys)
 
 
 def _flask_login_username(app: Flask) -> str | None:

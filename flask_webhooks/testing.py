@@ -232,7 +232,13 @@ class DeliveryRecorder:
 
     # -- internals ---------------------------------------------------------------
 
-    def _enqueue(self, ids: t.Iterable[str], delay: float | None = None) -> None:
+    def _enqueue(
+        self,
+        ids: t.Iterable[str],
+        delay: float | None = None,
+        *,
+        keys: t.Sequence[str | None] | None = None,
+    ) -> None:
         ids = list(ids)
         if delay:
             with self._lock:

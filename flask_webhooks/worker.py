@@ -39,6 +39,7 @@ from huey.consumer import Worker
 
 from . import models as m
 from .delivery import deliver
+from .delivery import deliver_batch
 from .delivery import lease_seconds
 from .queue import backend_name
 from .queue import enqueue_many
@@ -54,7 +55,13 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger("flask_webhooks.worker")
 
 DELIVER_TASK = "deliver"
+DELIVER_BATCH_TASK = "deliver_batch"
 SWEEP_TASK = "sweep"
+#: An enqueue with at least this many deliveries of one webhook (a burst:
+#: a bulk change, a backlog) sends them as batch tasks of up to
+#: ``WEBHOOKS_DELIVERY_BATCH_SIZE`` deliveries; smaller groups get one task
+#: per delivery, so they are sent in parallel by several worker threads.
+BATCH_THRESHOLD = 10
 #: Key prefix of worker heartbeats in the queue's key-value store.
 HEARTBEAT_PREFIX = "flask-webhooks.worker."
 #: Heartbeats not refreshed for this long are deleted when a worker starts.
@@ -92,6 +99,11 @@ def register_tasks(state: WebhooksState) -> None:
         with app.app_context():
             deliver(state, delivery_id)
 
+    @huey.task(name=DELIVER_BATCH_TASK)
+    def deliver_batch_task(delivery_ids: list[str]) -> None:
+        with app.app_context():
+            deliver_batch(state, delivery_ids)
+
     @huey.task(name=SWEEP_TASK)
     def sweep_task() -> None:
         with app.app_context():
@@ -102,6 +114,7 @@ def register_tasks(state: WebhooksState) -> None:
         _close_thread_transport(state)
 
     state.deliver_task = deliver_task
+    state.deliver_batch_task = deliver_batch_task
     state.sweep_task = sweep_task
 
     if backend_name(huey) in ("memory", "sqlite") and state.config.embedded_workers > 0:
@@ -122,14 +135,20 @@ def _close_thread_transport(state: WebhooksState) -> None:
 
 
 def enqueue(
-    state: WebhooksState, ids: t.Iterable[str], *, delay: float | None = None
+    state: WebhooksState,
+    ids: t.Iterable[str],
+    *,
+    delay: float | None = None,
+    keys: t.Sequence[str | None] | None = None,
 ) -> None:
     """Hand delivery ids to the queue (after their rows are committed).
 
     Many ids cost one round trip per batch where the backend allows it (a
-    Redis ``LPUSH`` of many messages, one SQLite transaction). With ``delay``
-    the tasks go to the queue's schedule. Starts embedded workers on first
-    use and wakes idle ones.
+    Redis ``LPUSH`` of many messages, one SQLite transaction). With ``keys``
+    (the webhook id of each delivery) a webhook's burst of at least
+    :data:`BATCH_THRESHOLD` deliveries goes as batch tasks (see
+    :func:`batches`). With ``delay`` the tasks go to the queue's schedule.
+    Starts embedded workers on first use and wakes idle ones.
     """
     id_list = [str(i) for i in ids]
     if not id_list:
@@ -141,10 +160,44 @@ def enqueue(
         for delivery_id in id_list:
             task.schedule(args=(delivery_id,), delay=delay)
     else:
-        enqueue_many(state.huey, [task.s(delivery_id) for delivery_id in id_list])
+        batch_task = state.deliver_batch_task
+        tasks = [
+            task.s(group[0]) if len(group) == 1 else batch_task.s(group)
+            for group in batches(id_list, keys, state.config.delivery_batch_size)
+        ]
+        enqueue_many(state.huey, tasks)
     workers = state.workers
     if workers:
         workers.wake()
+
+
+def batches(
+    ids: t.Sequence[str], keys: t.Sequence[str | None] | None, size: int
+) -> list[list[str]]:
+    """Split ``ids`` into the groups that become one task each.
+
+    Deliveries are grouped by their key (webhook); a group of at least
+    :data:`BATCH_THRESHOLD` is cut into near-equal batches of at most
+    ``size``, smaller groups into single deliveries. Order is kept: a
+    webhook's batches come where its first delivery was.
+    """
+    if keys is None or size <= 1 or len(ids) < BATCH_THRESHOLD:
+        return [[i] for i in ids]
+    if len(keys) != len(ids):
+        raise ValueError("enqueue: keys must match ids one to one")
+    groups: dict[str | None, list[str]] = {}
+    for delivery_id, key in zip(ids, keys, strict=True):
+        groups.setdefault(key, []).append(delivery_id)
+    out: list[list[str]] = []
+    for delivery_id, key in zip(ids, keys, strict=True):
+        group = groups[key]
+        if len(group) < BATCH_THRESHOLD:
+            out.append([delivery_id])
+        elif group[0] == delivery_id:  # the whole burst, where it starts
+            count = -(-len(group) // size)
+            step = -(-len(group) // count)
+            out.extend(group[i : i + step] for i in range(0, len(group), step))
+    return out
 
 
 # -- the sweeper and heartbeats -----------------------------------------------

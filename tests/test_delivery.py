@@ -1,5 +1,5 @@
 """The delivery engine (DESIGN.md section 6): retry schedule, Retry-After,
-410 and auto-disable, leases, sweep, requeue, request building, Standard
+410 and auto-disable, leases, batches, sweep, requeue, request building, Standard
 Webhooks signatures and signals, against a real receiver and real databases.
 
 The queue is ``memory://`` without workers: a commit only enqueues, and each
@@ -22,15 +22,20 @@ import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
 from flask_webhooks import signals
+from flask_webhooks.delivery import _renew
 from flask_webhooks.delivery import build_request
 from flask_webhooks.delivery import claim
+from flask_webhooks.delivery import claim_many
 from flask_webhooks.delivery import deliver
+from flask_webhooks.delivery import deliver_batch
 from flask_webhooks.delivery import lease_seconds
 from flask_webhooks.delivery import MAX_RETRY_AFTER
 from flask_webhooks.delivery import retry_delay
 from flask_webhooks.signing import generate_secret
 from flask_webhooks.sweeping import requeue
 from flask_webhooks.sweeping import sweep
+from flask_webhooks.worker import BATCH_THRESHOLD
+from flask_webhooks.worker import batches
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -593,8 +598,17 @@ def test_one_attempt_is_one_claim_update_and_one_result_write(
         "INSERT INTO webhooks_delivery_attempt",
         "UPDATE webhooks_webhook SET",
     ]
-    assert transactions == ["commit", "commit"]
-    # The next success within a second leaves the webhook row alone.
+    # The claim runs in autocommit mode where the database allows it (one
+    # round trip); SQLite keeps its transaction.
+    sqlite = engine.dialect.name == "sqlite"
+    assert transactions == ["commit", "commit"] if sqlite else ["commit"]
+    hook_id = state.models.Webhook.query.one().id
+    db.session.rollback()
+    first_success = hook_row(webhooks, db, hook_id).last_delivery_at
+    assert first_success is not None
+    # The next success within a second: the webhook is not read again (the
+    # claim returned its unchanged version) and its health row is left alone
+    # (the conditional UPDATE matches nothing).
     (delivery_id,) = new_deliveries(db, models)
     statements.clear()
     sa.event.listen(engine, "before_cursor_execute", on_execute)
@@ -603,11 +617,26 @@ def test_one_attempt_is_one_claim_update_and_one_result_write(
         assert outcome.status == m.SUCCEEDED
     finally:
         sa.event.remove(engine, "before_cursor_execute", on_execute)
-    assert [s for s in statements if s.startswith(("UPDATE", "INSERT"))] == [
+    assert [s for s in statements if s != "BEGIN"] == [
         "UPDATE webhooks_delivery SET",
         "UPDATE webhooks_delivery SET",
         "INSERT INTO webhooks_delivery_attempt",
+        "UPDATE webhooks_webhook SET",
     ]
+    assert hook_row(webhooks, db, hook_id).last_delivery_at == first_success
+
+
+def test_a_changed_webhook_is_read_again_before_its_next_delivery(
+    webhooks, db, models, receiver, make_hook, state
+):
+    hook = make_hook()
+    first, second = new_deliveries(db, models, 2)
+    assert deliver(state, first, now=later(1)).status == m.SUCCEEDED
+    hook.additional_headers = "X-Changed: yes"
+    db.session.commit()
+    assert deliver(state, second, now=later(1)).status == m.SUCCEEDED
+    assert "X-Changed" not in receiver.requests[0].headers
+    assert receiver.requests[1].headers["X-Changed"] == "yes"
 
 
 # -- sweep -------------------------------------------------------------------------
@@ -851,3 +880,222 @@ def test_standard_webhooks_signature_verifies_with_the_reference_library(
             assert req.headers["X-Hook-Signature"] == expected
         else:
             assert "X-Hook-Signature" not in req.headers
+
+
+# -- cutting a burst into tasks ----------------------------------------------------
+
+
+def test_small_groups_get_one_task_per_delivery() -> None:
+    ids = [f"d{i}" for i in range(12)]
+    keys = ["a", "b", "c"] * 4  # 4 per webhook: below the threshold
+    assert batches(ids, keys, 20) == [[i] for i in ids]
+    # No keys (a retry, the admin, the sweep): one task each.
+    assert batches(ids, None, 20) == [[i] for i in ids]
+
+
+def test_a_burst_of_one_webhook_is_cut_into_near_equal_batches_in_order() -> None:
+    ids = [f"d{i}" for i in range(45)]
+    keys = ["a"] * 45
+    out = batches(ids, keys, 20)
+    assert [len(b) for b in out] == [15, 15, 15]
+    assert [i for b in out for i in b] == ids
+    # Two webhooks interleaved: each keeps its own order; a small third one
+    # (below the threshold) goes one delivery per task.
+    ids = [f"d{i}" for i in range(50)]
+    keys = ["a" if i % 2 else "b" for i in range(48)] + ["c", "c"]
+    out = batches(ids, keys, 20)
+    by_key = {k: [i for i, kk in zip(ids, keys, strict=True) if kk == k] for k in "abc"}
+    assert out == [
+        by_key["b"][:12],
+        by_key["b"][12:],
+        by_key["a"][:12],
+        by_key["a"][12:],
+        ["d48"],
+        ["d49"],
+    ]
+    assert batches(ids, keys, 1) == [[i] for i in ids]
+
+
+def test_keys_must_match_ids() -> None:
+    ids = [f"d{i}" for i in range(BATCH_THRESHOLD)]
+    with pytest.raises(ValueError, match="keys must match ids"):
+        batches(ids, ["a"], 20)
+
+
+def test_a_commit_enqueues_batches_per_webhook_and_small_ones_singly(
+    webhooks, db, models, receiver, make_hook, state
+):
+    make_hook()
+    make_hook()
+    state.huey.flush()
+
+    def commit_sites(count: int) -> None:
+        db.session.add_all([models.Site(name=f"site-{i}") for i in range(count)])
+        db.session.commit()
+
+    commit_sites(3)  # 3 deliveries per webhook: 6 tasks
+    assert state.huey.pending_count() == 6
+    state.huey.flush()
+    commit_sites(30)  # 30 per webhook: 2 batches of 15 each
+    tasks = [state.huey.dequeue() for _ in range(state.huey.pending_count())]
+    assert sorted(len(task.args[0]) for task in tasks) == [15, 15, 15, 15]
+    assert {task.name for task in tasks} == {"deliver_batch"}
+
+
+# -- deliver_batch -----------------------------------------------------------------
+
+
+def test_a_batch_is_one_claim_one_webhook_read_and_one_result_write(
+    webhooks, db, models, receiver, make_hook, state, caught
+):
+    make_hook()
+    ids = new_deliveries(db, models, 25)
+    engine = state.engine()
+    statements: list[str] = []
+    commits: list[str] = []
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        if statement != "BEGIN":
+            statements.append(" ".join(statement.split()[:3]))
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    sa.event.listen(engine, "commit", lambda conn: commits.append("commit"))
+    try:
+        outcomes = deliver_batch(state, ids, now=later(1))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+    assert [o.delivery_id for o in outcomes] == ids
+    assert {o.status for o in outcomes} == {m.SUCCEEDED}
+    assert [r.headers["X-Webhook-ID"] for r in receiver.requests] == ids
+    for delivery_id in ids:
+        d = row(webhooks, db, delivery_id)
+        assert (d.status, d.attempts, d.last_status_code) == (m.SUCCEEDED, 1, 200)
+        assert d.leased_until is None
+    # One claim and one read of the webhook for the batch; the results in one
+    # transaction: one executemany UPDATE of the deliveries (each fenced to
+    # our claim), one INSERT for the attempt history, one health write.
+    assert statements[:2] == [
+        "UPDATE webhooks_delivery SET",
+        "SELECT webhooks_webhook.id, webhooks_webhook.name,",
+    ]
+    assert statements.count("UPDATE webhooks_delivery SET") == 2
+    assert statements.count("INSERT INTO webhooks_delivery_attempt") == 1
+    assert statements.count("UPDATE webhooks_webhook SET") == 1
+    # The claim is autocommitted except on SQLite.
+    assert len(commits) == (2 if engine.dialect.name == "sqlite" else 1)
+    assert len([n for n, _ in caught if n == "delivery-succeeded"]) == 25
+
+
+def test_ids_not_due_or_held_elsewhere_are_left_alone(
+    webhooks, db, models, receiver, make_hook, state
+):
+    make_hook()
+    ids = new_deliveries(db, models, 3)
+    t0 = later(1)
+    D = state.models.Delivery.__table__
+    with state.engine().begin() as conn:
+        assert len(claim_many(conn, D, ids[1:2], t0, 60)) == 1  # another worker
+    outcomes = deliver_batch(state, [*ids, "no-such-id", ids[0]], now=t0)
+    assert [(o.delivery_id, o.claimed, o.status) for o in outcomes] == [
+        (ids[0], True, m.SUCCEEDED),
+        (ids[1], False, None),
+        (ids[2], True, m.SUCCEEDED),
+        ("no-such-id", False, None),
+    ]
+    assert row(webhooks, db, ids[1]).status == m.DELIVERING
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"WEBHOOKS_RETRY_SCHEDULE": [5], "WEBHOOKS_DISABLE_AFTER_FAILURES": 2}],
+    indirect=True,
+)
+def test_failures_in_a_batch_keep_per_delivery_semantics(
+    webhooks, db, models, receiver, make_hook, state, caught
+):
+    """A retry is scheduled, a failure streak disables the webhook mid-batch and
+    the rest of the batch then fails unsent, as separate tasks would."""
+    hook = plain(db, make_hook())
+    ids = new_deliveries(db, models, 4)
+    second = new_deliveries(db, models, 3)
+    D = state.models.Delivery.__table__
+    with state.engine().begin() as conn:  # their last attempt (schedule used up)
+        conn.execute(sa.update(D).where(D.c.id.in_(second)).values(attempts=1))
+    state.huey.flush()
+    receiver.respond(200, 500, 200, 200, 500, 500)
+    outcomes = deliver_batch(state, ids + second, now=later(1))
+    assert [o.status for o in outcomes] == [
+        m.SUCCEEDED,
+        m.RETRYING,  # first attempt: one retry left, does not count as a failure
+        m.SUCCEEDED,
+        m.SUCCEEDED,
+        m.FAILED,  # last attempt failed: streak 1
+        m.FAILED,  # streak 2: disables the webhook
+        m.FAILED,  # not sent: the webhook is disabled
+    ]
+    assert len(receiver.requests) == 6
+    reason = "2 consecutive failed deliveries (WEBHOOKS_DISABLE_AFTER_FAILURES = 2)"
+    assert outcomes[5].disabled_reason == reason
+    last = row(webhooks, db, second[2])
+    assert (last.attempts, last.last_error) == (1, f"webhook is disabled: {reason}")
+    retrying = row(webhooks, db, ids[1])
+    assert retrying.status == m.RETRYING and retrying.next_attempt_at is not None
+    # The retry went to the queue's schedule, one task for that delivery.
+    retries = [task for task in state.huey.pending() if task.eta is not None]
+    assert [task.args for task in retries] == [(ids[1],)]
+    assert [k for n, k in caught if n == "webhook-disabled"] == [
+        {"webhook_id": hook.id, "webhook_name": hook.name, "reason": reason}
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {
+            "WEBHOOKS_TIMEOUT": 1,
+            "WEBHOOKS_CONNECT_TIMEOUT": 1,
+            "WEBHOOKS_LEASE_MARGIN": 0,
+        }
+    ],
+    indirect=True,
+)
+def test_the_lease_is_renewed_before_a_request_it_would_not_cover(
+    webhooks, db, models, receiver, make_hook, state
+):
+    make_hook(timeout=5)  # longer than the batch's lease of 2 x (1 + 1) s
+    ids = new_deliveries(db, models, 3)
+    engine = state.engine()
+    renewals: list[t.Any] = []
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("UPDATE webhooks_delivery SET leased_until"):
+            renewals.append(parameters)
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    try:
+        t0 = later(1)
+        outcomes = deliver_batch(state, ids, now=t0)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+    assert {o.status for o in outcomes} == {m.SUCCEEDED}
+    assert len(renewals) == 1  # once, for the three: 2 x (1 + 5) s covers them
+
+
+def test_renewal_drops_rows_another_worker_took(webhooks, db, models, make_hook, state):
+    make_hook()
+    ids = new_deliveries(db, models, 3)
+    D = state.models.Delivery.__table__
+    t0 = later(1)
+    with state.engine().begin() as conn:
+        assert len(claim_many(conn, D, ids, t0, 10)) == 3
+        # Our lease ran out and another worker claimed the second row.
+        conn.execute(
+            sa.update(D)
+            .where(D.c.id == ids[1])
+            .values(leased_until=t0 + dt.timedelta(seconds=99))
+        )
+    lost = _renew(
+        state, D, ids, t0 + dt.timedelta(seconds=10), t0 + dt.timedelta(seconds=30)
+    )
+    assert lost == {ids[1]}
+    assert row(webhooks, db, ids[0]).leased_until == t0 + dt.timedelta(seconds=30)
