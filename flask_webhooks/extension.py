@@ -450,12 +450,9 @@ class Webhooks:
 
     def sweep(self) -> int:
         """Enqueue every delivery that is due and not leased; return the count."""
-        from .sweeping import due_ids
+        from .sweeping import sweep
 
-        state = self.state
-        ids = due_ids(state)
-        state.enqueue(ids)
-        return len(ids)
+        return sweep(self.state)
 
     def init_admin(self, admin: t.Any, **kwargs: t.Any) -> None:
         """Add the webhook screens to an existing ``flask_admin.Admin``.

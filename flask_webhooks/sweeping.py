@@ -60,11 +60,18 @@ def due_ids(
 
     :param older_than: only rows due for at least this many seconds.
     """
+    return [i for i, _ in _due_rows(ext, now=now, older_than=older_than)]
+
+
+def _due_rows(
+    ext: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
+) -> list[tuple[str, t.Any]]:
+    """(id, webhook_id) of the deliveries :func:`due_ids` returns."""
     D = ext.models.Delivery.__table__
     now = now or m.utcnow()
     cutoff = now - dt.timedelta(seconds=older_than)
     c = D.c
-    stmt = sa.select(c.id).where(
+    stmt = sa.select(c.id, c.webhook_id).where(
         sa.or_(
             sa.and_(
                 c.status.in_(_CLAIMABLE),
@@ -74,7 +81,10 @@ def due_ids(
         )
     )
     with ext.engine().connect() as conn:
-        return list(conn.execute(stmt.order_by(c.next_attempt_at)).scalars())
+        return [
+            (r.id, r.webhook_id)
+            for r in conn.execute(stmt.order_by(c.next_attempt_at, c.created_at))
+        ]
 
 
 def _waiting_tasks(ext: WebhooksState) -> int:
@@ -113,9 +123,9 @@ def sweep(
     """
     now = now or m.utcnow()
     if hold is None:
-        ids = due_ids(ext, now=now, older_than=older_than)
-        _enqueue(ext, ids)
-        return len(ids)
+        rows = _due_rows(ext, now=now, older_than=older_than)
+        _enqueue(ext, rows)
+        return len(rows)
     D = ext.models.Delivery.__table__
     c = D.c
     cutoff = now - dt.timedelta(seconds=older_than)
@@ -128,27 +138,40 @@ def sweep(
     engine = ext.engine()
     waiting = _waiting_tasks(ext)
     with engine.begin() as conn:
-        expired = list(
-            conn.execute(sa.select(c.id).where(_expired_lease(D, now))).scalars()
-        )
+        expired = [
+            (r.id, r.webhook_id)
+            for r in conn.execute(
+                sa.select(c.id, c.webhook_id).where(_expired_lease(D, now))
+            )
+        ]
         stmt = sa.update(D).where(fresh).values(leased_until=mark)
         due = _count(conn, D, fresh) if waiting else None
-        if due == 0 or (due is not None and waiting >= due):
+        # A waiting task carries one delivery, or up to a batch of them.
+        capacity = waiting * ext.config.delivery_batch_size
+        marked: list[tuple[str, t.Any]]
+        if due == 0 or (due is not None and capacity >= due):
             # A backlog the workers have not reached yet, not a lost enqueue:
-            # the queue holds at least as many tasks as there are due rows.
-            # Enqueueing them again would only double the backlog.
-            marked: list[str] = []
+            # the queue's tasks may hold every due row. Enqueueing them again
+            # would only double the backlog; once the queue is empty, a lost
+            # row is enqueued by the next sweep.
+            marked = []
         elif due is None and _nothing_to_write(conn, D, fresh):
             marked = []
         elif conn.dialect.update_returning:
-            marked = list(conn.execute(stmt.returning(c.id)).scalars())
+            marked = [
+                (r.id, r.webhook_id)
+                for r in conn.execute(stmt.returning(c.id, c.webhook_id))
+            ]
         else:
-            marked = list(conn.execute(sa.select(c.id).where(fresh)).scalars())
-            for chunk in _chunks(marked):
+            marked = [
+                (r.id, r.webhook_id)
+                for r in conn.execute(sa.select(c.id, c.webhook_id).where(fresh))
+            ]
+            for chunk in _chunks([i for i, _ in marked]):
                 conn.execute(stmt.where(c.id.in_(chunk)))
-    ids = expired + marked
+    rows = expired + marked
     try:
-        _enqueue(ext, ids)
+        _enqueue(ext, rows)
     except Exception:
         if marked:
             with engine.begin() as conn:
@@ -158,7 +181,7 @@ def sweep(
                     .values(leased_until=None)
                 )
         raise
-    return len(ids)
+    return len(rows)
 
 
 def _nothing_to_write(
@@ -176,9 +199,13 @@ def _nothing_to_write(
     return conn.execute(sa.select(table.c.id).where(where).limit(1)).first() is None
 
 
-def _enqueue(ext: WebhooksState, ids: list[str]) -> None:
-    if ids:
-        ext.enqueue(ids)
+def _enqueue(ext: WebhooksState, rows: list[tuple[str, t.Any]]) -> None:
+    """Enqueue (id, webhook_id) pairs: bursts of one webhook as batches."""
+    if rows:
+        ext.enqueue(
+            [i for i, _ in rows],
+            keys=[None if w is None else str(w) for _, w in rows],
+        )
 
 
 def _chunks(ids: t.Sequence[str], size: int = CHUNK) -> t.Iterator[t.Sequence[str]]:

@@ -733,6 +733,24 @@ def test_periodic_sweep_marks_rows_so_they_are_enqueued_once_per_hold(
     assert webhooks.sweep() == 2
 
 
+def test_a_backlog_of_batch_tasks_is_not_enqueued_again(
+    webhooks, db, models, make_hook, state
+):
+    make_hook()
+    ids = new_deliveries(db, models, 30)
+    huey = state.huey
+    assert huey.pending_count() == 2  # two batch tasks of 15
+    now = later(10)
+    # 30 due rows, 2 waiting tasks of up to 20 deliveries each: a backlog.
+    assert sweep(state, now=now, older_than=5, hold=30) == 0
+    huey.flush()
+    # Lost: the sweep enqueues them again, as batches.
+    assert sweep(state, now=now, older_than=5, hold=30) == 30
+    tasks = huey.pending()
+    assert sorted(len(task.args[0]) for task in tasks) == [15, 15]
+    assert sorted(i for task in tasks for i in task.args[0]) == sorted(ids)
+
+
 @pytest.mark.parametrize(
     "config", [{"WEBHOOKS_QUEUE_URL": "redis://127.0.0.1:1/0"}], indirect=True
 )
