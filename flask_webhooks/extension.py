@@ -54,7 +54,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_USERNAME_GETTER": None,
     "WEBHOOKS_SWEEP_INTERVAL": 60,
     "WEBHOOKS_LEASE_MARGIN": 30.0,
-    "WEBHOOKS_DELIVERY_BATCH_SIZE": 20,
+    "WEBHOOKS_DELIVERY_BATCH_SIZE": 50,
 }
 
 
@@ -75,7 +75,7 @@ class Config:
     username_getter: t.Callable[[], str | None] | None
     sweep_interval: float
     lease_margin: float = 30.0
-    delivery_batch_size: int = 20
+    delivery_batch_size: int = 50
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:

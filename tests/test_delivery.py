@@ -737,17 +737,17 @@ def test_a_backlog_of_batch_tasks_is_not_enqueued_again(
     webhooks, db, models, make_hook, state
 ):
     make_hook()
-    ids = new_deliveries(db, models, 30)
+    ids = new_deliveries(db, models, 60)
     huey = state.huey
-    assert huey.pending_count() == 2  # two batch tasks of 15
+    assert huey.pending_count() == 2  # two batch tasks of 30
     now = later(10)
-    # 30 due rows, 2 waiting tasks of up to 20 deliveries each: a backlog.
+    # 60 due rows, 2 waiting tasks of up to 50 deliveries each: a backlog.
     assert sweep(state, now=now, older_than=5, hold=30) == 0
     huey.flush()
     # Lost: the sweep enqueues them again, as batches.
-    assert sweep(state, now=now, older_than=5, hold=30) == 30
+    assert sweep(state, now=now, older_than=5, hold=30) == 60
     tasks = huey.pending()
-    assert sorted(len(task.args[0]) for task in tasks) == [15, 15]
+    assert sorted(len(task.args[0]) for task in tasks) == [30, 30]
     assert sorted(i for task in tasks for i in task.args[0]) == sorted(ids)
 
 
@@ -954,9 +954,9 @@ def test_a_commit_enqueues_batches_per_webhook_and_small_ones_singly(
     commit_sites(3)  # 3 deliveries per webhook: 6 tasks
     assert state.huey.pending_count() == 6
     state.huey.flush()
-    commit_sites(30)  # 30 per webhook: 2 batches of 15 each
+    commit_sites(60)  # 60 per webhook: 2 batches of 30 each
     tasks = [state.huey.dequeue() for _ in range(state.huey.pending_count())]
-    assert sorted(len(task.args[0]) for task in tasks) == [15, 15, 15, 15]
+    assert sorted(len(task.args[0]) for task in tasks) == [30, 30, 30, 30]
     assert {task.name for task in tasks} == {"deliver_batch"}
 
 

@@ -135,9 +135,9 @@ def test_receiver_failing_then_recovering_every_delivery_succeeds(stack):
 
 @pytest.mark.parametrize(
     "stack",
-    [{"WEBHOOKS_DELIVERY_BATCH_SIZE": 1}, {"WEBHOOKS_DELIVERY_BATCH_SIZE": 20}],
+    [{"WEBHOOKS_DELIVERY_BATCH_SIZE": 1}, {"WEBHOOKS_DELIVERY_BATCH_SIZE": 50}],
     indirect=True,
-    ids=["one-per-task", "batches-of-20"],
+    ids=["one-per-task", "batches-of-50"],
 )
 def test_worker_killed_mid_way_nothing_is_lost(stack):
     """1,000 committed events; the worker is SIGKILLed after about 300
@@ -193,13 +193,13 @@ def test_queue_flushed_after_commit_sweep_delivers_everything(stack):
         stack.add_hook(rx.url)
         ids = stack.commit_items(events)
         huey = stack.state.huey
-        # 200 deliveries of one webhook: batch tasks of 20.
-        assert huey.pending_count() == events // 20
+        # 200 deliveries of one webhook: batch tasks of 50.
+        assert huey.pending_count() == events // 50
         huey.flush()  # every enqueued task is gone; the outbox rows are not
         assert huey.pending_count() == 0
         with stack.app.app_context():
             assert stack.ext["webhooks"].sweep() == events
-        assert huey.pending_count() == events // 20  # batches again
+        assert huey.pending_count() == events // 50  # batches again
         stack.start_worker(threads=THREADS)
         stack.wait_all(m.SUCCEEDED, events, timeout=60)
         hits = list(rx.hits)
