@@ -13,8 +13,8 @@ Both clocks are ``time.monotonic()`` (CLOCK_MONOTONIC, system-wide on Linux),
 read in the driver and in the receiver process. Events are spaced by a random
 pause (``--gap`` on average) so each finds the worker idle, as a lone change
 in an application would. ``p50_ratio`` is the webhooks p50 over the raw p50.
-The webhooks latency is also split where the worker's ``deliver()`` began
-(``DeliveryAttempt.started_at``).
+The webhooks latency is also split where the worker's attempt began, after
+its claim (``DeliveryAttempt.started_at``).
 
 Usage::
 
@@ -40,17 +40,23 @@ import sqlalchemy as sa
 
 import benchlib as bl
 
+#: Where the webhooks latency goes: split at the attempt's ``started_at``,
+#: which the worker takes after its claim, just before building the request.
+QUEUED = "commit returned -> attempt began (enqueue, queue, Huey, claim)"
+SENT = "attempt began -> receipt (build, sign, send)"
+
 
 def breakdown(
     s: bl.Setup,
     commits: dict[str, tuple[float, float]],
     receipts: dict[str, float],
 ) -> dict[str, list[float]]:
-    """Split each webhooks latency where the worker's ``deliver()`` began.
+    """Split each webhooks latency where the worker's attempt began.
 
-    ``DeliveryAttempt.started_at`` is the wall-clock time ``deliver()`` took
-    at its start, before the claim; it is mapped onto the monotonic clock with
-    the offset measured here (both processes run on this machine).
+    ``DeliveryAttempt.started_at`` is the wall-clock time the worker took
+    after its claim, before building the request; it is mapped onto the
+    monotonic clock with the offset measured here (both processes run on this
+    machine).
     """
     assert s.webhooks is not None
     offset = time.time() - time.monotonic()
@@ -63,8 +69,8 @@ def breakdown(
         s.db.session.remove()
     phases: dict[str, list[float]] = {
         "commit() call": [],
-        "commit returned -> deliver() began (enqueue, queue, Huey)": [],
-        "deliver() began -> receipt (claim, read, build, sign, send)": [],
+        QUEUED: [],
+        SENT: [],
     }
     for object_id, started_at in rows:
         if object_id not in receipts:
@@ -72,12 +78,8 @@ def breakdown(
         t0, t1 = commits[object_id]
         started = started_at.timestamp() - offset
         phases["commit() call"].append(t1 - t0)
-        phases["commit returned -> deliver() began (enqueue, queue, Huey)"].append(
-            started - t1
-        )
-        phases["deliver() began -> receipt (claim, read, build, sign, send)"].append(
-            receipts[object_id] - started
-        )
+        phases[QUEUED].append(started - t1)
+        phases[SENT].append(receipts[object_id] - started)
     return phases
 
 
