@@ -195,9 +195,9 @@ class WebhooksState:
         if self._transport is None:
             with self._transport_lock:
                 if self._transport is None:
-                    from .transport import DEFAULT_DENIED_NETWORKS
                     from .transport import Transport
-                    from .transport import URLPolicy
+                    from .urlpolicy import DEFAULT_DENIED_NETWORKS
+                    from .urlpolicy import URLPolicy
 
                     c = self.config
                     denied = (

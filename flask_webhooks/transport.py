@@ -1,4 +1,4 @@
-"""HTTP transport for webhook deliveries: URL policy, pooled connections, caps.
+"""HTTP transport for webhook deliveries: pooled connections, timeouts, caps.
 
 This module knows nothing about Flask or the database. The delivery worker
 builds an :class:`HTTPRequest` from plain values, hands it to
@@ -15,12 +15,14 @@ Delivery workers are threads bound by one GIL, so that CPU is throughput.
 
 Security properties:
 
-- Every address a hostname resolves to is checked against a
-  :class:`URLPolicy` *at connect time*, and the socket is opened to exactly the
-  address that was checked. A DNS answer that changes between check and
-  connect (DNS rebinding) cannot redirect the request, because there is no
-  second lookup. The hostname is kept on the connection, so the ``Host``
-  header, TLS SNI and certificate hostname verification still use the name.
+- Where a request may go is decided by :mod:`flask_webhooks.urlpolicy`: every
+  new connection resolves its host through a
+  :class:`~flask_webhooks.urlpolicy.URLPolicy` and connects to exactly the
+  address that was checked, so DNS rebinding cannot redirect it.
+  :class:`~flask_webhooks.urlpolicy.URLPolicy`,
+  :class:`~flask_webhooks.urlpolicy.BlockedAddress` and
+  :data:`~flask_webhooks.urlpolicy.DEFAULT_DENIED_NETWORKS` are re-exported
+  here.
 - Redirects are never followed, proxies (from the environment or anywhere
   else) are never used and responses are read up to a fixed number of bytes.
 """
@@ -32,40 +34,36 @@ import calendar
 import email.utils
 import functools
 import http.client
-import ipaddress
 import os
 import re
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
-from typing import ClassVar
 from typing import TypeAlias
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
 import urllib3.exceptions
-from urllib3.connection import HTTPConnection
-from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError
-from urllib3.exceptions import NameResolutionError
 from urllib3.exceptions import NewConnectionError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util import parse_url
 from urllib3.util.retry import Retry
 from urllib3.util.ssl_ import create_urllib3_context
 from urllib3.util.timeout import Timeout
+
+from .urlpolicy import _pool_classes
+from .urlpolicy import BlockedAddress
+from .urlpolicy import DEFAULT_DENIED_NETWORKS
+from .urlpolicy import URLPolicy
 
 __all__ = [
     "DEFAULT_DENIED_NETWORKS",
@@ -77,24 +75,6 @@ __all__ = [
     "URLPolicy",
     "parse_retry_after",
 ]
-
-Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-Resolver: TypeAlias = Callable[[str, int], list[str]]
-
-#: Networks refused unless explicitly allowed: IPv4 and IPv6 link-local (which
-#: includes the cloud metadata address 169.254.169.254), "this network"
-#: 0.0.0.0/8, the IPv6 unspecified address, the AWS IPv6 metadata endpoint and
-#: Alibaba Cloud's metadata address. Loopback and private ranges are *not*
-#: denied by default; add them through ``WEBHOOKS_DENIED_NETWORKS``.
-DEFAULT_DENIED_NETWORKS: tuple[str, ...] = (
-    "169.254.0.0/16",
-    "fe80::/10",
-    "0.0.0.0/8",
-    "::/128",
-    "fd00:ec2::254/128",
-    "100.100.100.200/32",
-)
 
 #: The ``error_kind`` values of an :class:`HTTPResult`.
 ERROR_KINDS: tuple[str, ...] = (
@@ -109,29 +89,6 @@ ERROR_KINDS: tuple[str, ...] = (
 
 _NOT_RETRYABLE = frozenset({"blocked", "invalid_url"})
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
-
-
-class BlockedAddress(ValueError):
-    """The URL policy refused an address; no connection was attempted.
-
-    :param host: the host as written in the URL.
-    :param address: the refused IP address.
-    :param network: the denied network it falls in, or None when it is
-        refused for another reason (unspecified address, unparsable answer).
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        host: str,
-        address: str,
-        network: Network | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.host = host
-        self.address = address
-        self.network = network
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -162,259 +119,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     when = calendar.timegm(parsed[:9]) - (parsed[9] or 0)
     reference = time.time() if now is None else now
     return max(0.0, when - reference)
-
-
-def _parse_network(value: str | Network) -> Network:
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    try:
-        return ipaddress.ip_network(str(value).strip())
-    except ValueError as exc:
-        raise ValueError(f"invalid network {value!r}: {exc}") from None
-
-
-def _parse_networks(values: Iterable[str | Network] | str) -> tuple[Network, ...]:
-    if isinstance(values, str):
-        # A lone string is one network, not an iterable of characters.
-        values = (values,)
-    return tuple(_parse_network(v) for v in values)
-
-
-def _parse_address(value: str) -> Address:
-    # Scope ids ("fe80::1%eth0") do not matter for the network check.
-    address = ipaddress.ip_address(value.split("%", 1)[0])
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        # ::ffff:169.254.169.254 reaches 169.254.169.254: check it as IPv4.
-        return address.ipv4_mapped
-    return address
-
-
-def _default_resolver(host: str, port: int) -> list[str]:
-    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos]
-
-
-class URLPolicy:
-    """Decides which IP addresses webhooks may connect to.
-
-    An address is refused when it is in a denied network and not in an
-    allowed network (allowed wins, so denying ``10.0.0.0/8`` while allowing
-    ``10.1.2.0/24`` works). The unspecified addresses ``0.0.0.0`` and ``::``
-    are always refused. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are
-    checked as their IPv4 form.
-
-    :param allowed: networks (CIDR strings or :mod:`ipaddress` networks) that
-        are always permitted, even inside a denied network.
-    :param denied: networks that are refused; defaults to
-        :data:`DEFAULT_DENIED_NETWORKS`.
-    :param resolver: ``callable(host, port) -> list[str]`` returning IP
-        address strings; defaults to :func:`socket.getaddrinfo`.
-    :raises ValueError: a network string is invalid (the message names it).
-    """
-
-    def __init__(
-        self,
-        allowed: Iterable[str | Network] | str = (),
-        denied: Iterable[str | Network] | str = DEFAULT_DENIED_NETWORKS,
-        resolver: Resolver | None = None,
-    ) -> None:
-        self.allowed: tuple[Network, ...] = _parse_networks(allowed)
-        self.denied: tuple[Network, ...] = _parse_networks(denied)
-        self.resolver: Resolver = resolver or _default_resolver
-
-    def __repr__(self) -> str:
-        allowed = [str(n) for n in self.allowed]
-        denied = [str(n) for n in self.denied]
-        return f"URLPolicy(allowed={allowed!r}, denied={denied!r})"
-
-    def denied_network(self, address: str | Address) -> Network | None:
-        """Return the denied network that refuses ``address``, or None.
-
-        Does not cover the always-refused unspecified addresses; use
-        :meth:`check` for the full rule.
-        """
-        ip = _parse_address(str(address))
-        if any(ip in net for net in self.allowed):
-            return None
-        for net in self.denied:
-            if ip in net:
-                return net
-        return None
-
-    def is_allowed(self, address: str | Address) -> bool:
-        """Whether the policy permits connecting to the IP ``address``."""
-        try:
-            self.check(str(address))
-        except BlockedAddress:
-            return False
-        return True
-
-    def check(self, address: str, host: str | None = None) -> None:
-        """Raise :class:`BlockedAddress` if the IP ``address`` is refused.
-
-        :param address: an IP address string.
-        :param host: the name it was resolved from, used in the message.
-        """
-        where = (
-            address
-            if host is None or host == address
-            else f"{host} resolved to {address}, which"
-        )
-        try:
-            ip = _parse_address(address)
-        except ValueError:
-            raise BlockedAddress(
-                f"blocked: {host or address} resolved to {address!r}, which is not an IP address",
-                host=host or address,
-                address=address,
-            ) from None
-        if ip.is_unspecified:
-            raise BlockedAddress(
-                f"blocked: {where} is an unspecified address",
-                host=host or address,
-                address=address,
-            )
-        network = self.denied_network(ip)
-        if network is not None:
-            raise BlockedAddress(
-                f"blocked: {where} is in denied network {network}",
-                host=host or address,
-                address=address,
-                network=network,
-            )
-
-    def resolve(self, host: str, port: int) -> list[str]:
-        """Resolve ``host`` and return its addresses if all are permitted.
-
-        Literal IP hosts are checked without DNS. If *any* resolved address
-        is refused, nothing is returned: a name that points partly at a
-        denied network is treated as hostile.
-
-        :raises BlockedAddress: an address is refused.
-        :raises OSError: resolution failed (:class:`socket.gaierror`) or
-            returned nothing.
-        """
-        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-        try:
-            _parse_address(bare)
-        except ValueError:
-            answers = self.resolver(bare, port)
-            named: str | None = bare
-        else:
-            answers = [bare]
-            named = None
-        addresses = list(dict.fromkeys(str(a) for a in answers))
-        if not addresses:
-            raise socket.gaierror(f"{bare} did not resolve to any address")
-        for address in addresses:
-            self.check(address, named)
-        return addresses
-
-
-def _open_socket(
-    address: tuple[str, int],
-    timeout: float | None,
-    source_address: tuple[str, int] | None = None,
-    socket_options: Iterable[tuple[int, int, int | bytes]] | None = None,
-) -> socket.socket:
-    """Open a TCP connection to an already checked IP ``address``.
-
-    The single place where webhook sockets are created: tests replace it to
-    observe (or forbid) connects.
-    """
-    host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        sock.settimeout(timeout)
-        if source_address:
-            sock.bind(source_address)
-        sock.connect((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _connect_checked(conn: HTTPConnection, policy: URLPolicy) -> socket.socket:
-    """Resolve through ``policy`` and connect to one of the checked addresses.
-
-    Mirrors :meth:`urllib3.connection.HTTPConnection._new_conn`, with the
-    lookup replaced by :meth:`URLPolicy.resolve` and no second lookup.
-    """
-    try:
-        addresses = policy.resolve(conn._dns_host, conn.port)
-    except socket.gaierror as exc:
-        raise NameResolutionError(conn.host, conn, exc) from exc
-    # urllib3 resolves its default-timeout sentinel before connecting.
-    timeout = conn.timeout
-    error: OSError | None = None
-    for address in addresses:
-        try:
-            sock = _open_socket(
-                (address, conn.port),
-                timeout,
-                conn.source_address,
-                conn.socket_options,
-            )
-        except OSError as exc:
-            error = exc
-            continue
-        sys.audit("http.client.connect", conn, conn.host, conn.port)
-        return sock
-    if isinstance(error, TimeoutError):
-        raise ConnectTimeoutError(
-            conn,
-            f"Connection to {conn.host} timed out. (connect timeout={timeout})",
-        ) from error
-    raise NewConnectionError(
-        conn, f"Failed to establish a new connection: {error}"
-    ) from error
-
-
-class _PolicyHTTPConnection(HTTPConnection):
-    url_policy: ClassVar[URLPolicy]
-
-    def _new_conn(self) -> socket.socket:
-        return _connect_checked(self, self.url_policy)
-
-
-class _PolicyHTTPSConnection(HTTPSConnection):
-    url_policy: ClassVar[URLPolicy]
-
-    def _new_conn(self) -> socket.socket:
-        return _connect_checked(self, self.url_policy)
-
-
-class _PolicyHTTPSConnectionPool(HTTPSConnectionPool):
-    def _validate_conn(self, conn: Any) -> None:
-        # Skips urllib3's InsecureRequestWarning: unverified TLS is an explicit
-        # per-webhook choice (ssl_verification=False), and a warning on every
-        # delivery would only flood worker logs.
-        HTTPConnectionPool._validate_conn(self, conn)
-        if conn.is_closed:
-            conn.connect()
-
-
-def _pool_classes(policy: URLPolicy) -> dict[str, type[HTTPConnectionPool]]:
-    """Pool classes per scheme whose connections are bound to ``policy``."""
-    http_conn = type(
-        "PolicyHTTPConnection", (_PolicyHTTPConnection,), {"url_policy": policy}
-    )
-    https_conn = type(
-        "PolicyHTTPSConnection", (_PolicyHTTPSConnection,), {"url_policy": policy}
-    )
-    http_pool = type(
-        "PolicyHTTPConnectionPool", (HTTPConnectionPool,), {"ConnectionCls": http_conn}
-    )
-    https_pool = type(
-        "PolicyHTTPSConnectionPool",
-        (_PolicyHTTPSConnectionPool,),
-        {"ConnectionCls": https_conn},
-    )
-    return {"http": http_pool, "https": https_pool}
 
 
 @dataclass(frozen=True)
@@ -762,7 +466,7 @@ class _Local(threading.local):
 
 
 class Transport:
-    """Sends :class:`HTTPRequest` objects, enforcing a :class:`URLPolicy`.
+    """Sends :class:`HTTPRequest` objects, enforcing a URL policy.
 
     Requests go straight to urllib3 connection pools rather than through
     :mod:`requests`: for these fixed, pre-built requests, ``requests``'
@@ -777,7 +481,8 @@ class Transport:
     (urllib3 reads no proxy variables from the environment) and at most
     ``max_response_bytes`` of each response body are read.
 
-    :param policy: the URL policy checked on every new connection.
+    :param policy: the :class:`~flask_webhooks.urlpolicy.URLPolicy` checked on
+        every new connection.
     :param max_response_bytes: cap on the response body kept in the result.
     :param pool_maxsize: connections kept per host and thread.
     """

@@ -1,9 +1,10 @@
-"""Tests for flask_webhooks.transport: the HTTP layer and its URL policy.
+"""Tests for flask_webhooks.transport (the HTTP layer) and
+flask_webhooks.urlpolicy (where requests may go).
 
 Every byte these tests send goes to 127.0.0.1. An autouse fixture wraps the
-transport's socket factory so that any attempt to connect elsewhere fails the
-test before a packet leaves, and replaces the default resolver so no real DNS
-query is made either.
+socket factory in flask_webhooks.urlpolicy so that any attempt to connect
+elsewhere fails the test before a packet leaves, and replaces the default
+resolver so no real DNS query is made either.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import pytest
 from flask_webhooks import transport
+from flask_webhooks import urlpolicy
 from flask_webhooks.transport import BlockedAddress
 from flask_webhooks.transport import DEFAULT_DENIED_NETWORKS
 from flask_webhooks.transport import HTTPRequest
@@ -55,7 +57,7 @@ def fake_resolver(
 @pytest.fixture(autouse=True)
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Record every connect; refuse (and fail on) anything not loopback."""
-    real_open = transport._open_socket
+    real_open = urlpolicy._open_socket
 
     def guarded(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
         calls.append(address)
@@ -64,10 +66,14 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
         return real_open(address, *args, **kwargs)
 
     calls: list[tuple[str, int]] = []
-    monkeypatch.setattr(transport, "_open_socket", guarded)
-    monkeypatch.setattr(
-        transport, "_default_resolver", fake_resolver({"localhost": ["127.0.0.1"]})
-    )
+    resolver = fake_resolver({"localhost": ["127.0.0.1"]})
+    # Patch where the names are looked up (flask_webhooks.urlpolicy), then
+    # check that the code which connects and the default policy really see
+    # the fakes: a patch that missed them would let tests reach the network.
+    monkeypatch.setattr(urlpolicy, "_open_socket", guarded)
+    monkeypatch.setattr(urlpolicy, "_default_resolver", resolver)
+    assert urlpolicy._connect_checked.__globals__["_open_socket"] is guarded
+    assert URLPolicy().resolver is resolver
     return calls
 
 
@@ -629,6 +635,15 @@ def test_international_host_name_is_idna_encoded(
 
 
 # -- URL policy ---------------------------------------------------------------
+
+
+def test_policy_names_are_importable_from_transport_too() -> None:
+    """Code written against flask_webhooks.transport keeps working."""
+    for name in urlpolicy.__all__:
+        assert name in transport.__all__
+        assert getattr(transport, name) is getattr(urlpolicy, name)
+    with pytest.raises(transport.BlockedAddress):
+        urlpolicy.URLPolicy().check("169.254.169.254")
 
 
 def test_policy_blocks_loopback_receiver(
