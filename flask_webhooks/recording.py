@@ -114,18 +114,22 @@ def clip(text: str | None, limit: int = 4000) -> str | None:
     return text[: limit - 1] + "…"
 
 
+def _still_ours(table: sa.Table) -> sa.Update:
+    """An ``UPDATE`` of one delivery that applies only while the row is still
+    ours: ``delivering``, at the attempt number we claimed."""
+    c = table.c
+    return sa.update(table).where(
+        c.id == sa.bindparam("b_id"),
+        c.status == m.DELIVERING,
+        c.attempts == sa.bindparam("b_attempt"),
+    )
+
+
 @functools.lru_cache(maxsize=32)
 def _result_statement(table: sa.Table) -> t.Any:
-    """The result ``UPDATE``: applies only while the row is still ours."""
-    c = table.c
-    return (
-        sa.update(table)
-        .where(
-            c.id == sa.bindparam("b_id"),
-            c.status == m.DELIVERING,
-            c.attempts == sa.bindparam("b_attempt"),
-        )
-        .values({name: sa.bindparam(f"v_{name}") for name in _RESULT_COLUMNS})
+    """The result ``UPDATE``."""
+    return _still_ours(table).values(
+        {name: sa.bindparam(f"v_{name}") for name in _RESULT_COLUMNS}
     )
 
 
@@ -133,23 +137,15 @@ def _result_statement(table: sa.Table) -> t.Any:
 def _unsent_statement(table: sa.Table) -> t.Any:
     """Ends a claimed delivery as ``failed`` without counting the attempt."""
     c = table.c
-    return (
-        sa.update(table)
-        .where(
-            c.id == sa.bindparam("b_id"),
-            c.status == m.DELIVERING,
-            c.attempts == sa.bindparam("b_attempt"),
-        )
-        .values(
-            status=m.FAILED,
-            leased_until=None,
-            next_attempt_at=None,
-            last_error=sa.bindparam("v_error"),
-            updated_at=sa.bindparam("v_now"),
-            completed_at=sa.bindparam("v_now"),
-            # Nothing was sent: this does not count as an attempt.
-            attempts=c.attempts - 1,
-        )
+    return _still_ours(table).values(
+        status=m.FAILED,
+        leased_until=None,
+        next_attempt_at=None,
+        last_error=sa.bindparam("v_error"),
+        updated_at=sa.bindparam("v_now"),
+        completed_at=sa.bindparam("v_now"),
+        # Nothing was sent: this does not count as an attempt.
+        attempts=c.attempts - 1,
     )
 
 

@@ -9,6 +9,7 @@ so schedules are asserted with pinned time and jitter.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import hashlib
@@ -177,6 +178,40 @@ def plain(db: t.Any, hook: t.Any) -> t.Any:
 
 def later(seconds: float) -> dt.datetime:
     return m.utcnow() + dt.timedelta(seconds=seconds)
+
+
+class Recorded(t.NamedTuple):
+    statements: list[tuple[str, t.Any]]  # (SQL, parameters)
+    commits: list[object]
+
+    def heads(self, words: int = 3) -> list[str]:
+        """The first words of each statement; ``BEGIN`` and the claim's
+        ``SET LOCAL synchronous_commit`` (PostgreSQL only) left out."""
+        return [
+            " ".join(sql.split()[:words])
+            for sql, _ in self.statements
+            if sql != "BEGIN" and not sql.startswith("SET LOCAL synchronous_commit")
+        ]
+
+
+@contextlib.contextmanager
+def recorded(engine: t.Any) -> t.Iterator[Recorded]:
+    """Every statement and commit on ``engine`` inside the block."""
+    out = Recorded([], [])
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        out.statements.append((statement, parameters))
+
+    def on_commit(conn: t.Any) -> None:
+        out.commits.append(conn)
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        yield out
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", on_execute)
+        sa.event.remove(engine, "commit", on_commit)
 
 
 # -- the schedule -------------------------------------------------------------
@@ -571,35 +606,19 @@ def test_one_attempt_is_one_claim_update_and_one_result_write(
     make_hook()
     (delivery_id,) = new_deliveries(db, models)
     engine = state.engine()
-    statements: list[str] = []
-    transactions: list[str] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        if not statement.startswith("SET LOCAL synchronous_commit"):
-            statements.append(" ".join(statement.split()[:3]))
-
-    def on_commit(conn):
-        transactions.append("commit")
-
     t0 = later(1)
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    sa.event.listen(engine, "commit", on_commit)
-    try:
+    with recorded(engine) as rec:
         assert deliver(state, delivery_id, now=t0).status == m.SUCCEEDED
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
-        sa.event.remove(engine, "commit", on_commit)
-    statements = [s for s in statements if s != "BEGIN"]
     # Claim (with RETURNING), read the webhook | update the delivery, the
     # attempt row, the webhook's health (first success).
-    assert statements == [
+    assert rec.heads() == [
         "UPDATE webhooks_delivery SET",
         "SELECT webhooks_webhook.id, webhooks_webhook.name,",
         "UPDATE webhooks_delivery SET",
         "INSERT INTO webhooks_delivery_attempt",
         "UPDATE webhooks_webhook SET",
     ]
-    assert transactions == ["commit", "commit"]
+    assert len(rec.commits) == 2
     hook_id = state.models.Webhook.query.one().id
     db.session.rollback()
     first_success = hook_row(webhooks, db, hook_id).last_delivery_at
@@ -608,14 +627,10 @@ def test_one_attempt_is_one_claim_update_and_one_result_write(
     # claim returned its unchanged version) and its health row is left alone
     # (the conditional UPDATE matches nothing).
     (delivery_id,) = new_deliveries(db, models)
-    statements.clear()
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    try:
+    with recorded(engine) as rec:
         outcome = deliver(state, delivery_id, now=t0 + dt.timedelta(seconds=0.1))
-        assert outcome.status == m.SUCCEEDED
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
-    assert [s for s in statements if s != "BEGIN"] == [
+    assert outcome.status == m.SUCCEEDED
+    assert rec.heads() == [
         "UPDATE webhooks_delivery SET",
         "UPDATE webhooks_delivery SET",
         "INSERT INTO webhooks_delivery_attempt",
@@ -630,17 +645,9 @@ def test_the_claim_does_not_wait_for_the_wal_flush_on_postgresql(
     make_hook()
     (delivery_id,) = new_deliveries(db, models)
     engine = state.engine()
-    seen: list[str] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        seen.append(statement.split("\n")[0][:40])
-
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    try:
+    with recorded(engine) as rec:
         assert deliver(state, delivery_id, now=later(1)).status == m.SUCCEEDED
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
-    seen = [s for s in seen if s != "BEGIN"]
+    seen = [sql.split("\n")[0][:40] for sql, _ in rec.statements if sql != "BEGIN"]
     if engine.dialect.name == "postgresql":
         # Only the claim's own transaction; the result is committed durably.
         assert seen[0] == "SET LOCAL synchronous_commit TO OFF"
@@ -810,17 +817,10 @@ def test_requeue_is_one_conditional_update(webhooks, db, models, make_hook, stat
             completed_at=m.utcnow() if status in (m.FAILED, m.SUCCEEDED) else None,
         )
     engine = state.engine()
-    statements: list[str] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement.split()[0].upper())
-
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    try:
+    with recorded(engine) as rec:
         now = m.utcnow()
         changed = requeue(state, [*ids, "no-such-id"], now=now)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
+    statements = [sql.split()[0].upper() for sql, _ in rec.statements]
     assert sorted(changed) == sorted(ids[:4])
     writes = [s for s in statements if s in ("UPDATE", "INSERT", "DELETE")]
     assert writes == ["UPDATE"]
@@ -993,19 +993,9 @@ def test_a_batch_is_one_claim_one_webhook_read_and_one_result_write(
     make_hook()
     ids = new_deliveries(db, models, 25)
     engine = state.engine()
-    statements: list[str] = []
-    commits: list[str] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        if statement != "BEGIN" and not statement.startswith("SET LOCAL"):
-            statements.append(" ".join(statement.split()[:3]))
-
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    sa.event.listen(engine, "commit", lambda conn: commits.append("commit"))
-    try:
+    with recorded(engine) as rec:
         outcomes = deliver_batch(state, ids, now=later(1))
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
+    statements = rec.heads()
     assert [o.delivery_id for o in outcomes] == ids
     assert {o.status for o in outcomes} == {m.SUCCEEDED}
     assert [r.headers["X-Webhook-ID"] for r in receiver.requests] == ids
@@ -1023,7 +1013,7 @@ def test_a_batch_is_one_claim_one_webhook_read_and_one_result_write(
     assert statements.count("UPDATE webhooks_delivery SET") == 2
     assert statements.count("INSERT INTO webhooks_delivery_attempt") == 1
     assert statements.count("UPDATE webhooks_webhook SET") == 1
-    assert len(commits) == 2
+    assert len(rec.commits) == 2
     assert len([n for n, _ in caught if n == "delivery-succeeded"]) == 25
 
 
@@ -1105,19 +1095,13 @@ def test_the_lease_is_renewed_before_a_request_it_would_not_cover(
 ):
     make_hook(timeout=5)  # longer than the batch's lease of 2 x (1 + 1) s
     ids = new_deliveries(db, models, 3)
-    engine = state.engine()
-    renewals: list[t.Any] = []
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("UPDATE webhooks_delivery SET leased_until"):
-            renewals.append(parameters)
-
-    sa.event.listen(engine, "before_cursor_execute", on_execute)
-    try:
-        t0 = later(1)
-        outcomes = deliver_batch(state, ids, now=t0)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", on_execute)
+    with recorded(state.engine()) as rec:
+        outcomes = deliver_batch(state, ids, now=later(1))
+    renewals = [
+        params
+        for sql, params in rec.statements
+        if sql.startswith("UPDATE webhooks_delivery SET leased_until")
+    ]
     assert {o.status for o in outcomes} == {m.SUCCEEDED}
     assert len(renewals) == 1  # once, for the three: 2 x (1 + 5) s covers them
 
