@@ -232,42 +232,49 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
     return outcomes
 
 
-def _result_params(a: Attempt) -> dict[str, t.Any]:
+def _stored(a: Attempt) -> dict[str, t.Any]:
+    """What the delivery row and the attempt row both keep of a sent attempt."""
     request, result = a.request, a.result
     assert request is not None and result is not None
     return {
-        "b_id": a.delivery_id,
-        "b_attempt": a.number,
-        "v_status": a.status,
-        "v_leased_until": None,
-        "v_next_attempt_at": a.next_attempt_at,
-        "v_last_status_code": result.status_code,
-        "v_last_error": clip(a.error),
-        "v_updated_at": a.finished_at,
-        "v_completed_at": a.finished_at if a.status in FINAL else None,
-        "v_request_method": request.method,
-        "v_request_url": request.url[:2000],
-        "v_request_headers": redact(request.headers),
-        "v_response_headers": result.headers or None,
-        "v_response_body": result.body_excerpt,
-        "v_duration_ms": round(result.duration * 1000, 3),
-    }
-
-
-def _history_row(a: Attempt) -> dict[str, t.Any]:
-    request, result = a.request, a.result
-    assert request is not None and result is not None
-    return {
-        "delivery_id": a.delivery_id,
-        "number": a.number,
-        "started_at": a.started_at,
-        "duration_ms": round(result.duration * 1000, 3),
         "status_code": result.status_code,
         "error": clip(a.error),
         "request_url": request.url[:2000],
         "request_headers": redact(request.headers),
         "response_headers": result.headers or None,
         "response_body": result.body_excerpt,
+        "duration_ms": round(result.duration * 1000, 3),
+    }
+
+
+def _result_params(a: Attempt) -> dict[str, t.Any]:
+    kept = _stored(a)
+    assert a.request is not None
+    return {
+        "b_id": a.delivery_id,
+        "b_attempt": a.number,
+        "v_status": a.status,
+        "v_leased_until": None,
+        "v_next_attempt_at": a.next_attempt_at,
+        "v_last_status_code": kept["status_code"],
+        "v_last_error": kept["error"],
+        "v_updated_at": a.finished_at,
+        "v_completed_at": a.finished_at if a.status in FINAL else None,
+        "v_request_method": a.request.method,
+        "v_request_url": kept["request_url"],
+        "v_request_headers": kept["request_headers"],
+        "v_response_headers": kept["response_headers"],
+        "v_response_body": kept["response_body"],
+        "v_duration_ms": kept["duration_ms"],
+    }
+
+
+def _history_row(a: Attempt) -> dict[str, t.Any]:
+    return {
+        "delivery_id": a.delivery_id,
+        "number": a.number,
+        "started_at": a.started_at,
+        **_stored(a),
     }
 
 
