@@ -41,6 +41,8 @@ from flask_webhooks import Webhooks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+#: Logs, profiles and stacks that are not figures (git-ignored).
+RESULTS = os.path.join(HERE, "results")
 PYTHON = sys.executable
 FLASK = os.path.join(os.path.dirname(sys.executable), "flask")
 
@@ -294,6 +296,50 @@ def setup_url(database_url: str | None, workdir: str, name: str) -> str:
     if database_url is None:
         return sqlite_url(workdir, name)
     return database_url
+
+
+def database_name(database_url: str | None) -> str:
+    """``postgresql`` or ``sqlite``, for tables and JSON context keys."""
+    return "postgresql" if database_url and is_postgres(database_url) else "sqlite"
+
+
+def queue_url(kind: str, redis_url: str, workdir: str) -> str:
+    """The queue of a run: the given Redis, or a SQLite file in ``workdir``."""
+    if kind == "redis":
+        return redis_url
+    return f"sqlite:///{os.path.join(workdir, 'queue.sqlite')}"
+
+
+def worker_log(name: str) -> str:
+    """An empty log file for a worker process, in ``benchmarks/results/``."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, name)
+    open(path, "wb").close()
+    return path
+
+
+def driver_setup(
+    database_url: str,
+    workdir: str,
+    receiver_url: str,
+    queue: str,
+    huey_name: str,
+    schema: str,
+    **options: t.Any,
+) -> Setup:
+    """The driver's side of a worker benchmark: the extension on, one webhook
+    aimed at the receiver, the Huey the worker process will read."""
+    return build_setup(
+        "driver",
+        database_url=database_url,
+        workdir=workdir,
+        extension=True,
+        hooks=1,
+        payload_url=receiver_url,
+        huey=new_huey(queue, huey_name, workdir),
+        schema=schema,
+        **options,
+    )
 
 
 # -- statistics and output --------------------------------------------------------

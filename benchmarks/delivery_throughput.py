@@ -192,11 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         args.database_url, args.redis_url if args.queue == "redis" else None
     )
     bl.print_machine(info)
-    database = (
-        "postgresql"
-        if args.database_url and bl.is_postgres(args.database_url)
-        else "sqlite"
-    )
+    database = bl.database_name(args.database_url)
     print(
         f"delivery throughput: {n} deliveries, {threads} threads, "
         f"{args.queue} queue, {database} database"
@@ -207,26 +203,20 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     results: dict[str, list[float]] = {"raw": [], "webhooks": []}
     cpu: dict[str, list[float]] = {"raw": [], "webhooks": []}
     with tempfile.TemporaryDirectory(prefix="bench-delivery-") as workdir:
-        queue = (
-            args.redis_url
-            if args.queue == "redis"
-            else f"sqlite:///{os.path.join(workdir, 'queue.sqlite')}"
-        )
+        queue = bl.queue_url(args.queue, args.redis_url, workdir)
         huey_name = bl.unique("flask-webhooks-bench")
         url = bl.setup_url(args.database_url, workdir, "delivery")
         schema = bl.unique("bench_delivery")
         receiver = bl.ReceiverProcess()
         s = None
         try:
-            s = bl.build_setup(
-                "driver",
-                database_url=url,
-                workdir=workdir,
-                extension=True,
-                hooks=1,
-                payload_url=receiver.url,
-                huey=bl.new_huey(queue, huey_name, workdir),
-                schema=schema,
+            s = bl.driver_setup(
+                url,
+                workdir,
+                receiver.url,
+                queue,
+                huey_name,
+                schema,
                 sqlite_wal=args.sqlite_wal,
             )
             assert s.webhooks is not None
@@ -237,10 +227,7 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                 huey_name=huey_name,
                 sqlite_wal=args.sqlite_wal,
             )
-            results_dir = os.path.join(bl.HERE, "results")
-            os.makedirs(results_dir, exist_ok=True)
-            log_path = os.path.join(results_dir, "delivery_worker.log")
-            open(log_path, "wb").close()
+            log_path = bl.worker_log("delivery_worker.log")
             for rnd in range(args.rounds):
                 s.clear_outbox()
                 commit_items(s, n, rnd * n)
@@ -265,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
                             args.timeout,
                             args.py_spy if last else None,
                             os.path.join(
-                                results_dir, f"worker_{args.queue}_{database}.folded"
+                                bl.RESULTS, f"worker_{args.queue}_{database}.folded"
                             ),
                         )
                     results[kind].append(value)

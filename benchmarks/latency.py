@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import os
 import random
 import tempfile
 import time
@@ -100,11 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         args.database_url, args.redis_url if args.queue == "redis" else None
     )
     bl.print_machine(info)
-    database = (
-        "postgresql"
-        if args.database_url and bl.is_postgres(args.database_url)
-        else "sqlite"
-    )
+    database = bl.database_name(args.database_url)
     print(
         f"latency: {args.events} events of each kind, {args.queue} queue, "
         f"{database} database, worker with {args.threads} threads"
@@ -116,33 +111,17 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     from_return: list[float] = []
 
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as workdir:
-        queue = (
-            args.redis_url
-            if args.queue == "redis"
-            else f"sqlite:///{os.path.join(workdir, 'queue.sqlite')}"
-        )
+        queue = bl.queue_url(args.queue, args.redis_url, workdir)
         huey_name = bl.unique("flask-webhooks-bench")
         url = bl.setup_url(args.database_url, workdir, "latency")
         schema = bl.unique("bench_latency")
-        results_dir = os.path.join(bl.HERE, "results")
-        os.makedirs(results_dir, exist_ok=True)
-        log_path = os.path.join(results_dir, "latency_worker.log")
-        open(log_path, "wb").close()
+        log_path = bl.worker_log("latency_worker.log")
         receiver = bl.ReceiverProcess()
         s = worker = None
         session = requests.Session()
         session.trust_env = False
         try:
-            s = bl.build_setup(
-                "driver",
-                database_url=url,
-                workdir=workdir,
-                extension=True,
-                hooks=1,
-                payload_url=receiver.url,
-                huey=bl.new_huey(queue, huey_name, workdir),
-                schema=schema,
-            )
+            s = bl.driver_setup(url, workdir, receiver.url, queue, huey_name, schema)
             assert s.webhooks is not None
             env = bl.bench_env(
                 database_url=url, schema=schema, queue=queue, huey_name=huey_name

@@ -171,31 +171,15 @@ def worker_part(
     )
     samples: list[list[t.Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-worker-") as workdir:
-        queue = (
-            redis_url
-            if queue_kind == "redis"
-            else f"sqlite:///{os.path.join(workdir, 'queue.sqlite')}"
-        )
+        queue = bl.queue_url(queue_kind, redis_url, workdir)
         huey_name = bl.unique("flask-webhooks-bench")
         url = bl.setup_url(database_url, workdir, "memory_worker")
         schema = bl.unique("bench_memory_worker")
-        results_dir = os.path.join(bl.HERE, "results")
-        os.makedirs(results_dir, exist_ok=True)
-        log_path = os.path.join(results_dir, "memory_worker.log")
-        open(log_path, "wb").close()
+        log_path = bl.worker_log("memory_worker.log")
         receiver = bl.ReceiverProcess()
         s = worker = None
         try:
-            s = bl.build_setup(
-                "driver",
-                database_url=url,
-                workdir=workdir,
-                extension=True,
-                hooks=1,
-                payload_url=receiver.url,
-                huey=bl.new_huey(queue, huey_name, workdir),
-                schema=schema,
-            )
+            s = bl.driver_setup(url, workdir, receiver.url, queue, huey_name, schema)
             assert s.webhooks is not None
             chunk = 5000
             for start in range(0, n, chunk):
@@ -333,11 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         args.database_url, args.redis_url if args.queue == "redis" else None
     )
     bl.print_machine(info)
-    database = (
-        "postgresql"
-        if args.database_url and bl.is_postgres(args.database_url)
-        else "sqlite"
-    )
+    database = bl.database_name(args.database_url)
     result: dict[str, t.Any] = {}
     if not args.skip_commit:
         result.update(commit_part(args.objects, args.rounds, args.database_url))
