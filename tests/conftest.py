@@ -11,6 +11,7 @@ import datetime as dt
 import decimal
 import enum
 import os
+import ssl
 import typing as t
 
 import marshmallow as ma
@@ -19,8 +20,7 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from flask_webhooks import Webhooks
-
-from tests.receiver import Receiver
+from flask_webhooks.testing import RecordingReceiver
 
 PG_URL = os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("WEBHOOKS_TEST_REDIS_URL")
@@ -175,15 +175,36 @@ def webhooks(app: Flask, db: SQLAlchemy, models: Models) -> Webhooks:
 
 
 @pytest.fixture
-def receiver() -> t.Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
+def receiver() -> t.Iterator[RecordingReceiver]:
+    with RecordingReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+def tls_host() -> str:
+    """The name ``tls_receiver``'s certificate is for; override in a module."""
+    return "127.0.0.1"
+
+
+@pytest.fixture
+def tls_receiver(
+    tmp_path: t.Any, tls_host: str
+) -> t.Iterator[tuple[RecordingReceiver, str]]:
+    """A receiver speaking TLS on 127.0.0.1, with a certificate for ``tls_host``
+    from a private CA; yields it and the path of the CA bundle."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(tls_host).configure_cert(context)
+    ca_path = tmp_path / "private-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    with RecordingReceiver(ssl_context=context) as r:
+        yield r, str(ca_path)
 
 
 @pytest.fixture
 def make_hook(
-    webhooks: Webhooks, db: SQLAlchemy, receiver: Receiver
+    webhooks: Webhooks, db: SQLAlchemy, receiver: RecordingReceiver
 ) -> t.Callable[..., t.Any]:
     """Create and commit a webhook aimed at the receiver; kwargs override fields."""
     counter = iter(range(1, 1000))

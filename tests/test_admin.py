@@ -25,9 +25,9 @@ from flask_webhooks import models as m
 from flask_webhooks import Webhooks
 from flask_webhooks.signing import is_standard_secret
 from flask_webhooks.signing import verify
+from flask_webhooks.testing import RecordingReceiver
 
 from tests.conftest import Models
-from tests.receiver import Receiver
 
 SECRET = "s3cret-Never-Shown-7f2a"
 
@@ -110,6 +110,26 @@ def new_hook(make_hook: t.Any, db: SQLAlchemy) -> t.Callable[..., Hook]:
     return make
 
 
+#: ``commit_sites(*names, answers=())``: see the fixture.
+CommitSites = t.Callable[..., list[t.Any]]
+
+
+@pytest.fixture
+def commit_sites(
+    receiver: RecordingReceiver, db: SQLAlchemy, models: Models, rows: Rows
+) -> CommitSites:
+    """Commit one transaction that creates a site per name, the receiver
+    answering ``answers`` first (then 200). Returns the delivery log."""
+
+    def commit(*names: str, answers: t.Sequence[int] = ()) -> list[t.Any]:
+        receiver.respond(*answers)
+        db.session.add_all([models.Site(name=name) for name in names])
+        db.session.commit()
+        return rows.deliveries()
+
+    return commit
+
+
 def csrf_token(page: str) -> str:
     found = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page)
     assert found, "no CSRF token in the page"
@@ -179,41 +199,50 @@ def form_data(token: str, **fields: t.Any) -> dict[str, t.Any]:
     return data
 
 
-def deliveries(db: SQLAlchemy, webhooks: Webhooks) -> list[t.Any]:
-    db.session.remove()
-    D = webhooks.Delivery
-    return list(db.session.scalars(sa.select(D).order_by(D.created_at, D.id)))
+class Rows:
+    """The extension's tables, read and written with the test's session ended
+    first (so it holds no read transaction, and no lock on SQLite)."""
+
+    def __init__(self, db: SQLAlchemy, webhooks: Webhooks) -> None:
+        self.db = db
+        self.webhooks = webhooks
+
+    def deliveries(self) -> list[t.Any]:
+        self.db.session.remove()
+        D = self.webhooks.Delivery
+        return list(self.db.session.scalars(sa.select(D).order_by(D.created_at, D.id)))
+
+    def hook(self, name: str) -> t.Any:
+        self.db.session.remove()
+        W = self.webhooks.Webhook
+        return self.db.session.scalars(sa.select(W).where(W.name == name)).one_or_none()
+
+    def insert_delivery(self, hook: t.Any, **values: t.Any) -> str:
+        """An outbox row written directly, as capture would, but not enqueued."""
+        now = m.utcnow()
+        row: dict[str, t.Any] = {
+            "id": m.new_id(),
+            "webhook_id": hook.id,
+            "webhook_name": hook.name,
+            "event": "created",
+            "model": "site",
+            "object_id": "1",
+            "status": m.PENDING,
+            "created_at": now,
+            "updated_at": now,
+            "next_attempt_at": now,
+            "body": b'{"event":"created"}',
+        }
+        row.update(values)
+        self.db.session.remove()
+        with self.db.engine.begin() as conn:
+            conn.execute(sa.insert(self.webhooks.Delivery.__table__), [row])
+        return str(row["id"])
 
 
-def hook_row(db: SQLAlchemy, webhooks: Webhooks, name: str) -> t.Any:
-    db.session.remove()
-    W = webhooks.Webhook
-    return db.session.scalars(sa.select(W).where(W.name == name)).one_or_none()
-
-
-def insert_delivery(
-    db: SQLAlchemy, webhooks: Webhooks, hook: t.Any, **values: t.Any
-) -> str:
-    """An outbox row written directly, as capture would, but not enqueued."""
-    now = m.utcnow()
-    row: dict[str, t.Any] = {
-        "id": m.new_id(),
-        "webhook_id": hook.id,
-        "webhook_name": hook.name,
-        "event": "created",
-        "model": "site",
-        "object_id": "1",
-        "status": m.PENDING,
-        "created_at": now,
-        "updated_at": now,
-        "next_attempt_at": now,
-        "body": b'{"event":"created"}',
-    }
-    row.update(values)
-    db.session.remove()
-    with db.engine.begin() as conn:
-        conn.execute(sa.insert(webhooks.Delivery.__table__), [row])
-    return str(row["id"])
+@pytest.fixture
+def rows(db: SQLAlchemy, webhooks: Webhooks) -> Rows:
+    return Rows(db, webhooks)
 
 
 def action(
@@ -225,20 +254,24 @@ def action(
     return browser.post(f"/admin/webhooks/{view}action/", data=data)
 
 
+def assert_reenabled(hook: t.Any) -> None:
+    """Enabled, and the disabled state (reason, time, failure streak) cleared."""
+    assert hook.enabled is True
+    assert (hook.disabled_reason, hook.disabled_at, hook.consecutive_failures) == (
+        None,
+        None,
+        0,
+    )
+
+
 # -- pages -------------------------------------------------------------------
 
 
 def test_every_page_renders(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    models: Models,
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], commit_sites: CommitSites
 ) -> None:
     hook = new_hook(name="netbox-sync", models=["site", "device"])
-    db.session.add(models.Site(name="alpha"))
-    db.session.commit()
-    (delivery,) = deliveries(db, webhooks)
+    (delivery,) = commit_sites("alpha")
 
     listing = browser.page("/admin/webhooks/")
     assert "netbox-sync" in listing
@@ -271,7 +304,7 @@ def test_every_page_renders(
 
 
 def test_list_shows_health_and_masks_secrets_and_url_passwords(
-    browser: Browser, new_hook: t.Callable[..., Hook], db: SQLAlchemy
+    browser: Browser, new_hook: t.Callable[..., Hook]
 ) -> None:
     new_hook(
         name="flaky",
@@ -321,10 +354,10 @@ def test_create_form_offers_registered_models_and_event_checkboxes(
 
 def test_create_through_the_form_then_a_commit_is_delivered(
     browser: Browser,
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     db: SQLAlchemy,
     models: Models,
-    webhooks: Webhooks,
+    rows: Rows,
 ) -> None:
     token = browser.token("/admin/webhooks/new/")
     response = browser.post(
@@ -341,7 +374,7 @@ def test_create_through_the_form_then_a_commit_is_delivered(
         ),
     )
     assert response.status_code == 302
-    hook = hook_row(db, webhooks, "to-receiver")
+    hook = rows.hook("to-receiver")
     assert hook.models == ["site", "device"]
     assert (hook.on_create, hook.on_update, hook.on_delete) == (True, True, False)
     assert hook.secret == SECRET
@@ -416,10 +449,7 @@ def test_invalid_json_conditions_are_reported_on_the_field(browser: Browser) -> 
 
 
 def test_edit_keeps_replaces_or_removes_the_secret(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], rows: Rows
 ) -> None:
     hook = new_hook(name="signed", secret=SECRET)
     url = f"/admin/webhooks/edit/?id={hook.id}"
@@ -435,18 +465,15 @@ def test_edit_keeps_replaces_or_removes_the_secret(
         assert browser.post(url, data=data).status_code == 302
 
     save(new_secret="")
-    assert hook_row(db, webhooks, "signed").secret == SECRET
+    assert rows.hook("signed").secret == SECRET
     save(new_secret="another-secret")
-    assert hook_row(db, webhooks, "signed").secret == "another-secret"
+    assert rows.hook("signed").secret == "another-secret"
     save(clear_secret="y")
-    assert hook_row(db, webhooks, "signed").secret == ""
+    assert rows.hook("signed").secret == ""
 
 
 def test_reenabling_through_the_form_clears_the_disabled_state(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], rows: Rows
 ) -> None:
     hook = new_hook(
         name="gone",
@@ -462,13 +489,7 @@ def test_reenabling_through_the_form_clears_the_disabled_state(
     )
     data = form_data(browser.token(url), name="gone", payload_url=hook.payload_url)
     assert browser.post(url, data=data).status_code == 302
-    hook = hook_row(db, webhooks, "gone")
-    assert hook.enabled is True
-    assert (hook.disabled_reason, hook.disabled_at, hook.consecutive_failures) == (
-        None,
-        None,
-        0,
-    )
+    assert_reenabled(rows.hook("gone"))
 
 
 def test_generate_secret_helper_returns_a_fresh_standard_secret(
@@ -486,10 +507,7 @@ def test_generate_secret_helper_returns_a_fresh_standard_secret(
 
 
 def test_enable_and_disable_actions(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], rows: Rows
 ) -> None:
     live = new_hook(name="live")
     dead = new_hook(
@@ -501,29 +519,22 @@ def test_enable_and_disable_actions(
     )
     token = browser.token()
     assert action(browser, "", "disable", [live.id], token).status_code == 302
-    assert hook_row(db, webhooks, "live").enabled is False
+    assert rows.hook("live").enabled is False
     assert action(browser, "", "enable", [dead.id, live.id], token).status_code == 302
     for name in ("live", "dead"):
-        hook = hook_row(db, webhooks, name)
-        assert hook.enabled is True
-        assert (hook.disabled_reason, hook.disabled_at, hook.consecutive_failures) == (
-            None,
-            None,
-            0,
-        )
+        assert_reenabled(rows.hook(name))
     assert "Enabled 2 webhooks." in browser.page("/admin/webhooks/")
 
 
 def test_send_test_delivery_goes_through_the_pipeline(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    receiver: RecordingReceiver,
+    rows: Rows,
 ) -> None:
     hook = new_hook(name="probe", models=["device"], secret=SECRET)
     response = action(browser, "", "send_test", [hook.id], browser.token())
-    (delivery,) = deliveries(db, webhooks)
+    (delivery,) = rows.deliveries()
     assert response.status_code == 302
     assert response.headers["Location"].endswith(
         f"/admin/webhooks/deliveries/details/?id={delivery.id}"
@@ -548,15 +559,14 @@ def test_send_test_delivery_goes_through_the_pipeline(
 def test_send_test_reports_a_failing_receiver_and_skips_disabled_hooks(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    receiver: RecordingReceiver,
+    rows: Rows,
 ) -> None:
     hook = new_hook(name="probe")
     off = new_hook(name="off", enabled=False)
     receiver.respond(503)
     response = action(browser, "", "send_test", [hook.id, off.id], browser.token())
-    (delivery,) = deliveries(db, webhooks)
+    (delivery,) = rows.deliveries()
     assert delivery.status == m.FAILED
     assert delivery.last_status_code == 503
     page = browser.page(response.headers["Location"])
@@ -570,16 +580,11 @@ def test_send_test_reports_a_failing_receiver_and_skips_disabled_hooks(
 def test_delivery_detail_shows_request_body_and_attempt_timeline(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    models: Models,
-    webhooks: Webhooks,
+    commit_sites: CommitSites,
+    receiver: RecordingReceiver,
 ) -> None:
     new_hook(name="detail", secret=SECRET, additional_headers="X-Env: test")
-    receiver.respond(500)
-    db.session.add(models.Site(name="alpha"))
-    db.session.commit()
-    (delivery,) = deliveries(db, webhooks)
+    (delivery,) = commit_sites("alpha", answers=[500])
     assert delivery.status == m.FAILED
     url = f"/admin/webhooks/deliveries/details/?id={delivery.id}"
     token = browser.token(url)
@@ -603,22 +608,17 @@ def test_delivery_detail_shows_request_body_and_attempt_timeline(
 def test_retry_action_sends_again(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    models: Models,
-    webhooks: Webhooks,
+    commit_sites: CommitSites,
+    receiver: RecordingReceiver,
+    rows: Rows,
 ) -> None:
     new_hook()
-    receiver.respond(500, 500)
-    db.session.add_all(
-        [models.Site(name="a"), models.Site(name="b"), models.Site(name="c")]
-    )
-    db.session.commit()
-    failed = [d.id for d in deliveries(db, webhooks) if d.status == m.FAILED]
+    sent = commit_sites("a", "b", "c", answers=[500, 500])
+    failed = [d.id for d in sent if d.status == m.FAILED]
     assert len(failed) == 2
     response = action(browser, "deliveries/", "retry", failed, browser.token())
     assert response.status_code == 302
-    after = {d.id: d for d in deliveries(db, webhooks)}
+    after = {d.id: d for d in rows.deliveries()}
     assert [after[i].status for i in failed] == [m.SUCCEEDED, m.SUCCEEDED]
     assert [after[i].attempts for i in failed] == [2, 2]
     assert len(receiver.wait_for(5)) == 5
@@ -629,17 +629,12 @@ def test_retry_action_sends_again(
 def test_retry_all_failed_matching_the_filter(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    models: Models,
-    webhooks: Webhooks,
+    commit_sites: CommitSites,
+    rows: Rows,
 ) -> None:
     one = new_hook(name="one")
     new_hook(name="two")
-    receiver.respond(500, 500)
-    db.session.add(models.Site(name="a"))
-    db.session.commit()
-    assert {d.status for d in deliveries(db, webhooks)} == {m.FAILED}
+    assert {d.status for d in commit_sites("a", answers=[500, 500])} == {m.FAILED}
     listing = f"/admin/webhooks/deliveries/?flt0_webhook_equals={one.id}"
     page = browser.page(listing)
     form = re.search(
@@ -655,23 +650,20 @@ def test_retry_all_failed_matching_the_filter(
         target, data={"csrf_token": csrf_token(page), "url": listing}
     )
     assert response.status_code == 302
-    status = {d.webhook_name: d.status for d in deliveries(db, webhooks)}
+    status = {d.webhook_name: d.status for d in rows.deliveries()}
     assert status == {"one": m.SUCCEEDED, "two": m.FAILED}
 
 
 def test_cancel_pending_deliveries(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], webhooks: Webhooks, rows: Rows
 ) -> None:
     hook = new_hook()
-    pending = insert_delivery(db, webhooks, hook)
-    retrying = insert_delivery(db, webhooks, hook, status=m.RETRYING, attempts=1)
-    done = insert_delivery(db, webhooks, hook, status=m.SUCCEEDED, attempts=1)
+    pending = rows.insert_delivery(hook)
+    retrying = rows.insert_delivery(hook, status=m.RETRYING, attempts=1)
+    done = rows.insert_delivery(hook, status=m.SUCCEEDED, attempts=1)
     token = browser.token("/admin/webhooks/deliveries/")
     action(browser, "deliveries/", "cancel", [pending, retrying, done], token)
-    status = {d.id: d.status for d in deliveries(db, webhooks)}
+    status = {d.id: d.status for d in rows.deliveries()}
     assert status == {pending: m.CANCELLED, retrying: m.CANCELLED, done: m.SUCCEEDED}
     assert webhooks.sweep() == 0
     page = browser.page("/admin/webhooks/deliveries/")
@@ -679,19 +671,16 @@ def test_cancel_pending_deliveries(
 
 
 def test_delivery_filters(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], rows: Rows
 ) -> None:
     one = new_hook(name="one")
     two = new_hook(name="two")
     old = m.utcnow() - dt.timedelta(days=3)
     ids = {
-        "failed": insert_delivery(db, webhooks, one, status=m.FAILED),
-        "device": insert_delivery(db, webhooks, two, model="device", event="deleted"),
-        "old": insert_delivery(db, webhooks, one, status=m.SUCCEEDED, created_at=old),
-        "test": insert_delivery(db, webhooks, two, event="test", status=m.SUCCEEDED),
+        "failed": rows.insert_delivery(one, status=m.FAILED),
+        "device": rows.insert_delivery(two, model="device", event="deleted"),
+        "old": rows.insert_delivery(one, status=m.SUCCEEDED, created_at=old),
+        "test": rows.insert_delivery(two, event="test", status=m.SUCCEEDED),
     }
 
     def shown(query: str) -> set[str]:
@@ -737,10 +726,7 @@ def test_webhook_filters_and_search(
 
 
 def test_status_page_counts_backlog_and_disabled_webhooks(
-    browser: Browser,
-    new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    browser: Browser, new_hook: t.Callable[..., Hook], rows: Rows
 ) -> None:
     hook = new_hook(name="live")
     new_hook(
@@ -748,16 +734,12 @@ def test_status_page_counts_backlog_and_disabled_webhooks(
     )
     now = m.utcnow()
     ten_minutes_ago = now - dt.timedelta(minutes=10)
-    insert_delivery(
-        db, webhooks, hook, created_at=ten_minutes_ago, next_attempt_at=ten_minutes_ago
+    rows.insert_delivery(
+        hook, created_at=ten_minutes_ago, next_attempt_at=ten_minutes_ago
     )
-    insert_delivery(db, webhooks, hook, status=m.FAILED)
-    insert_delivery(
-        db, webhooks, hook, status=m.FAILED, created_at=now - dt.timedelta(hours=5)
-    )
-    insert_delivery(
-        db, webhooks, hook, status=m.FAILED, created_at=now - dt.timedelta(days=2)
-    )
+    rows.insert_delivery(hook, status=m.FAILED)
+    rows.insert_delivery(hook, status=m.FAILED, created_at=now - dt.timedelta(hours=5))
+    rows.insert_delivery(hook, status=m.FAILED, created_at=now - dt.timedelta(days=2))
     page = browser.page("/admin/webhooks/status/")
     ids = by_id(page)
     assert ids["wh-count-failed"].split() == ["failed", "1", "2"]
@@ -802,15 +784,12 @@ def test_status_page_redacts_the_queue_password_and_survives_a_dead_queue(
 def test_no_secret_in_any_response(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    models: Models,
-    webhooks: Webhooks,
+    commit_sites: CommitSites,
+    receiver: RecordingReceiver,
+    rows: Rows,
 ) -> None:
     hook = new_hook(name="signed", secret=SECRET, signature_scheme="netbox")
-    db.session.add(models.Site(name="alpha"))
-    db.session.commit()
-    (delivery,) = deliveries(db, webhooks)
+    (delivery,) = commit_sites("alpha")
     receiver.wait_for(1)
     token = browser.token()
     urls = [
@@ -831,22 +810,18 @@ def test_no_secret_in_any_response(
     )
     for url, body in zip([*urls, "edit POST"], bodies, strict=True):
         assert SECRET not in body, url
-    assert hook_row(db, webhooks, "signed").secret == SECRET
+    assert rows.hook("signed").secret == SECRET
 
 
 def test_posts_without_a_csrf_token_are_refused(
     browser: Browser,
     new_hook: t.Callable[..., Hook],
-    receiver: Receiver,
-    db: SQLAlchemy,
-    models: Models,
-    webhooks: Webhooks,
+    commit_sites: CommitSites,
+    receiver: RecordingReceiver,
+    rows: Rows,
 ) -> None:
     hook = new_hook(name="target")
-    receiver.respond(500)
-    db.session.add(models.Site(name="alpha"))
-    db.session.commit()
-    (delivery,) = deliveries(db, webhooks)
+    (delivery,) = commit_sites("alpha", answers=[500])
     assert delivery.status == m.FAILED
 
     response = browser.post("/admin/webhooks/new/", data=form_data("", name="forged"))
@@ -855,11 +830,11 @@ def test_posts_without_a_csrf_token_are_refused(
         "CSRF token is missing"
         in by_id(response.get_data(as_text=True))["csrf_token-error"]
     )
-    assert hook_row(db, webhooks, "forged") is None
+    assert rows.hook("forged") is None
 
     edit = f"/admin/webhooks/edit/?id={hook.id}"
     browser.post(edit, data=form_data("wrong", name="renamed"))
-    assert hook_row(db, webhooks, "renamed") is None
+    assert rows.hook("renamed") is None
 
     for view, name, ids in (
         ("", "disable", [hook.id]),
@@ -875,8 +850,8 @@ def test_posts_without_a_csrf_token_are_refused(
     assert response.status_code == 302
     assert "Retry refused" in browser.page("/admin/webhooks/deliveries/")
 
-    assert hook_row(db, webhooks, "target").enabled is True
-    (delivery,) = deliveries(db, webhooks)
+    assert rows.hook("target").enabled is True
+    (delivery,) = rows.deliveries()
     assert (delivery.status, delivery.attempts) == (m.FAILED, 1)
     assert len(receiver.requests) == 1
     # Mutations are never reachable with GET.
@@ -889,11 +864,10 @@ def test_inaccessible_views_answer_403(
     browser: Browser,
     access: dict[str, bool],
     new_hook: t.Callable[..., Hook],
-    db: SQLAlchemy,
-    webhooks: Webhooks,
+    rows: Rows,
 ) -> None:
     hook = new_hook(name="guarded")
-    delivery = insert_delivery(db, webhooks, hook, status=m.FAILED)
+    delivery = rows.insert_delivery(hook, status=m.FAILED)
     token = browser.token()
     access["allowed"] = False
     for url in (
@@ -912,7 +886,7 @@ def test_inaccessible_views_answer_403(
         "/admin/webhooks/deliveries/retry-failed/", data={"csrf_token": token}
     )
     assert response.status_code == 403
-    assert hook_row(db, webhooks, "guarded").enabled is True
+    assert rows.hook("guarded").enabled is True
     # Hidden from the menu too.
     assert "/admin/webhooks/status/" not in browser.page("/admin/")
 

@@ -27,10 +27,10 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_webhooks import models as m
 from flask_webhooks import Webhooks
 from flask_webhooks.signing import verify
+from flask_webhooks.testing import Answer
+from flask_webhooks.testing import RecordingReceiver
 
 from tests.conftest import Models
-from tests.receiver import Answer
-from tests.receiver import Receiver
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -149,7 +149,7 @@ def test_admin_session_in_a_real_browser(
     db: SQLAlchemy,
     models: Models,
     webhooks: Webhooks,
-    receiver: Receiver,
+    receiver: RecordingReceiver,
 ) -> None:
     from playwright.sync_api import expect
     from playwright.sync_api import sync_playwright

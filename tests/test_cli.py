@@ -15,9 +15,8 @@ from flask import Flask
 from flask_webhooks import models as m
 from flask_webhooks.signing import is_standard_secret
 from flask_webhooks.signing import verify
+from flask_webhooks.testing import RecordingReceiver
 from sqlalchemy.orm import Session
-
-from tests.receiver import Receiver
 
 
 @pytest.fixture
@@ -26,8 +25,13 @@ def config() -> dict[str, t.Any]:
     return {"WEBHOOKS_RETRY_SCHEDULE": []}
 
 
+CLI = t.Callable[..., Result]
+#: ``deliver_sites(*names, answers=(), hook="crm")``: see the fixture.
+DeliverSites = t.Callable[..., list[t.Any]]
+
+
 @pytest.fixture
-def cli(app: Flask, webhooks: t.Any) -> t.Callable[..., Result]:
+def cli(app: Flask, webhooks: t.Any) -> CLI:
     runner = app.test_cli_runner()
 
     def run(*args: str) -> Result:
@@ -36,44 +40,74 @@ def cli(app: Flask, webhooks: t.Any) -> t.Callable[..., Result]:
     return run
 
 
-def _site(db: t.Any, models: t.Any, name: str = "ams1") -> t.Any:
-    site = models.Site(name=name)
-    db.session.add(site)
-    db.session.commit()
-    return site
-
-
-def _deliveries(webhooks: t.Any, db: t.Any) -> list[t.Any]:
+class Deliveries:
     """The delivery log, read in a session of its own (the test's ``db.session``
-    must not sit in a read transaction on SQLite while a command writes)."""
-    D = webhooks.Delivery
-    with Session(db.engine) as session:
-        return list(session.scalars(sa.select(D).order_by(D.created_at)))
+    must not sit in a read transaction on SQLite while a command writes) and
+    changed through ``db.session``, committing at once."""
+
+    def __init__(self, webhooks: t.Any, db: t.Any) -> None:
+        self.D = webhooks.Delivery
+        self.db = db
+
+    def all(self) -> list[t.Any]:
+        """Every delivery, oldest first."""
+        with Session(self.db.engine) as session:
+            return list(session.scalars(sa.select(self.D).order_by(self.D.created_at)))
+
+    def set(self, delivery_id: str, **values: t.Any) -> None:
+        D = self.D
+        self.db.session.execute(
+            sa.update(D).where(D.id == delivery_id).values(**values)
+        )
+        self.db.session.commit()
+
+    def age(self, delivery_id: str, days: int) -> None:
+        self.set(delivery_id, created_at=m.utcnow() - dt.timedelta(days=days))
 
 
-def _set(webhooks: t.Any, db: t.Any, delivery_id: str, **values: t.Any) -> None:
-    D = webhooks.Delivery
-    db.session.execute(sa.update(D).where(D.id == delivery_id).values(**values))
-    db.session.commit()
+@pytest.fixture
+def deliveries(webhooks: t.Any, db: t.Any) -> Deliveries:
+    return Deliveries(webhooks, db)
 
 
-def test_list_without_webhooks_says_how_to_add_one(
-    cli: t.Callable[..., Result],
-) -> None:
+@pytest.fixture
+def deliver_sites(
+    make_hook: t.Callable[..., t.Any],
+    receiver: RecordingReceiver,
+    db: t.Any,
+    models: t.Any,
+    deliveries: Deliveries,
+) -> DeliverSites:
+    """Create the webhook ``hook`` (aimed at the receiver), queue the receiver's
+    ``answers`` (later requests get 200), then commit one site per name, each
+    in a transaction of its own. Returns the delivery log, oldest first."""
+
+    def deliver(
+        *names: str, answers: t.Sequence[int] = (), hook: str = "crm"
+    ) -> list[t.Any]:
+        make_hook(name=hook)
+        receiver.respond(*answers)
+        for name in names:
+            db.session.add(models.Site(name=name))
+            db.session.commit()
+        return deliveries.all()
+
+    return deliver
+
+
+def test_list_without_webhooks_says_how_to_add_one(cli: CLI) -> None:
     result = cli("list")
     assert result.exit_code == 0
     assert "No webhooks yet" in result.output
 
 
 def test_list_shows_health(
-    cli: t.Callable[..., Result],
+    cli: CLI,
+    deliver_sites: DeliverSites,
     make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    db: t.Any,
-    models: t.Any,
+    receiver: RecordingReceiver,
 ) -> None:
-    make_hook(name="healthy")
-    _site(db, models)
+    deliver_sites("ams1", hook="healthy")
     make_hook(name="broken", models=["device"], on_update=False, on_delete=False)
     make_hook(
         name="off", enabled=False, disabled_reason="the receiver answered 410 Gone"
@@ -95,34 +129,16 @@ def test_list_shows_health(
     assert healthy["payload_url"] == receiver.url
 
 
-def test_list_counts_failed_deliveries(
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    db: t.Any,
-    models: t.Any,
-) -> None:
-    make_hook(name="flaky")
-    receiver.respond(500, 500)
-    _site(db, models, "a")
-    _site(db, models, "b")
+def test_list_counts_failed_deliveries(cli: CLI, deliver_sites: DeliverSites) -> None:
+    deliver_sites("a", "b", answers=[500, 500], hook="flaky")
     result = cli("list")
     assert "failing (2 in a row), 2 failed" in result.output
 
 
 def test_deliveries_newest_first_with_filters(
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    webhooks: t.Any,
-    db: t.Any,
-    models: t.Any,
+    cli: CLI, deliver_sites: DeliverSites
 ) -> None:
-    make_hook(name="crm")
-    _site(db, models, "first")
-    receiver.respond(503)
-    _site(db, models, "second")
-    first, second = _deliveries(webhooks, db)
+    first, second = deliver_sites("first", "second", answers=[200, 503])
 
     result = cli("deliveries")
     assert result.exit_code == 0, result.output
@@ -146,7 +162,7 @@ def test_deliveries_newest_first_with_filters(
 
 
 def test_deliveries_rejects_bad_options(
-    cli: t.Callable[..., Result], make_hook: t.Callable[..., t.Any]
+    cli: CLI, make_hook: t.Callable[..., t.Any]
 ) -> None:
     make_hook(name="crm")
     bad_status = cli("deliveries", "--status", "lost")
@@ -159,11 +175,10 @@ def test_deliveries_rejects_bad_options(
 
 
 def test_ping_sends_a_signed_test_delivery(
-    cli: t.Callable[..., Result],
+    cli: CLI,
     make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    webhooks: t.Any,
-    db: t.Any,
+    receiver: RecordingReceiver,
+    deliveries: Deliveries,
 ) -> None:
     make_hook(name="crm", secret="s3cret")
     result = cli("ping", "crm")
@@ -173,7 +188,7 @@ def test_ping_sends_a_signed_test_delivery(
     assert request.json()["event"] == "test"
     assert request.json()["data"]["webhook"]["name"] == "crm"
     assert verify("s3cret", request.body, request.headers["X-Hook-Signature"])
-    (delivery,) = _deliveries(webhooks, db)
+    (delivery,) = deliveries.all()
     assert (delivery.event, delivery.status, delivery.attempts) == (
         "test",
         "succeeded",
@@ -183,11 +198,10 @@ def test_ping_sends_a_signed_test_delivery(
 
 
 def test_ping_failure_exits_non_zero(
-    cli: t.Callable[..., Result],
+    cli: CLI,
     make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    webhooks: t.Any,
-    db: t.Any,
+    receiver: RecordingReceiver,
+    deliveries: Deliveries,
 ) -> None:
     make_hook(name="crm")
     receiver.respond(404)
@@ -195,12 +209,12 @@ def test_ping_failure_exits_non_zero(
     assert result.exit_code == 1
     assert "FAILED" in result.output
     assert "HTTP 404" in result.output
-    (delivery,) = _deliveries(webhooks, db)
+    (delivery,) = deliveries.all()
     assert delivery.status == "failed"
 
 
 def test_ping_unknown_or_disabled_webhook(
-    cli: t.Callable[..., Result], make_hook: t.Callable[..., t.Any], receiver: Receiver
+    cli: CLI, make_hook: t.Callable[..., t.Any], receiver: RecordingReceiver
 ) -> None:
     unknown = cli("ping", "nope")
     assert unknown.exit_code == 1
@@ -213,48 +227,36 @@ def test_ping_unknown_or_disabled_webhook(
 
 
 def test_retry_ids_and_failed(
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    webhooks: t.Any,
-    db: t.Any,
-    models: t.Any,
+    cli: CLI,
+    deliver_sites: DeliverSites,
+    deliveries: Deliveries,
+    receiver: RecordingReceiver,
 ) -> None:
-    make_hook(name="crm")
-    receiver.respond(500, 500, 500)
-    for name in ("a", "b", "c"):
-        _site(db, models, name)
-    a, b, c = _deliveries(webhooks, db)
+    a, b, c = deliver_sites("a", "b", "c", answers=[500, 500, 500])
     assert {d.status for d in (a, b, c)} == {"failed"}
 
     result = cli("retry", a.id)
     assert result.exit_code == 0, result.output
     assert "queued 1 deliveries for retry" in result.output
-    assert [d.status for d in _deliveries(webhooks, db)] == [
+    assert [d.status for d in deliveries.all()] == [
         "succeeded",
         "failed",
         "failed",
     ]
-    assert _deliveries(webhooks, db)[0].attempts == 2
+    assert deliveries.all()[0].attempts == 2
 
     result = cli("retry", "--failed")
     assert result.exit_code == 0, result.output
     assert "queued 2 deliveries for retry" in result.output
-    assert [d.status for d in _deliveries(webhooks, db)] == ["succeeded"] * 3
+    assert [d.status for d in deliveries.all()] == ["succeeded"] * 3
     assert len(receiver.requests) == 6
     assert cli("retry", "--failed").output == "No failed deliveries.\n"
 
 
 def test_retry_reports_what_it_could_not_retry(
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    webhooks: t.Any,
-    db: t.Any,
-    models: t.Any,
+    cli: CLI, deliver_sites: DeliverSites
 ) -> None:
-    make_hook(name="crm")
-    _site(db, models)
-    (done,) = _deliveries(webhooks, db)
+    (done,) = deliver_sites("ams1")
     result = cli("retry", done.id, "no-such-id")
     assert result.exit_code == 1
     assert f"{done.id}: is succeeded, not retried" in result.output
@@ -268,21 +270,11 @@ def test_retry_reports_what_it_could_not_retry(
 
 
 def test_sweep_sends_due_deliveries(
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    webhooks: t.Any,
-    db: t.Any,
-    models: t.Any,
+    cli: CLI, deliver_sites: DeliverSites, deliveries: Deliveries
 ) -> None:
-    make_hook(name="crm")
-    receiver.respond(500)
-    _site(db, models)
-    (delivery,) = _deliveries(webhooks, db)
+    (delivery,) = deliver_sites("ams1", answers=[500])
     # As if the enqueue after commit had been lost.
-    _set(
-        webhooks,
-        db,
+    deliveries.set(
         delivery.id,
         status=m.PENDING,
         next_attempt_at=m.utcnow() - dt.timedelta(minutes=5),
@@ -290,29 +282,22 @@ def test_sweep_sends_due_deliveries(
     result = cli("sweep")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("enqueued 1 due deliveries")
-    assert _deliveries(webhooks, db)[0].status == "succeeded"
+    assert deliveries.all()[0].status == "succeeded"
     assert cli("sweep").output == "enqueued 0 due deliveries\n"
 
 
-def _age(webhooks: t.Any, db: t.Any, delivery_id: str, days: int) -> None:
-    _set(webhooks, db, delivery_id, created_at=m.utcnow() - dt.timedelta(days=days))
-
-
 def test_prune_deletes_old_succeeded_deliveries_in_batches(
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
+    cli: CLI,
+    deliver_sites: DeliverSites,
+    deliveries: Deliveries,
     webhooks: t.Any,
     db: t.Any,
-    models: t.Any,
 ) -> None:
-    make_hook(name="crm")
-    receiver.respond(200, 200, 200, 500)
-    for name in ("old1", "old2", "new", "old-failed"):
-        _site(db, models, name)
-    old1, old2, new, old_failed = _deliveries(webhooks, db)
+    old1, old2, new, old_failed = deliver_sites(
+        "old1", "old2", "new", "old-failed", answers=[200, 200, 200, 500]
+    )
     for d in (old1, old2, old_failed):
-        _age(webhooks, db, d.id, 40)
+        deliveries.age(d.id, 40)
     A = webhooks.DeliveryAttempt
 
     def attempts() -> set[str]:
@@ -324,21 +309,21 @@ def test_prune_deletes_old_succeeded_deliveries_in_batches(
     dry = cli("prune", "--older-than", "30d", "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert dry.output.startswith("would delete 2 deliveries (succeeded)")
-    assert len(_deliveries(webhooks, db)) == 4
+    assert len(deliveries.all()) == 4
 
     result = cli("prune", "--older-than", "30d", "--batch-size", "1")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("deleted 2 deliveries (succeeded)")
     assert result.output.rstrip().endswith("and 2 attempts")
-    assert {d.id for d in _deliveries(webhooks, db)} == {new.id, old_failed.id}
+    assert {d.id for d in deliveries.all()} == {new.id, old_failed.id}
     assert attempts() == {new.id, old_failed.id}, "attempts go with their delivery"
 
     failed = cli("prune", "--older-than", "4w", "--status", "failed")
     assert failed.output.startswith("deleted 1 deliveries (failed)")
-    assert [d.id for d in _deliveries(webhooks, db)] == [new.id]
+    assert [d.id for d in deliveries.all()] == [new.id]
 
 
-def test_prune_needs_a_valid_age(cli: t.Callable[..., Result]) -> None:
+def test_prune_needs_a_valid_age(cli: CLI) -> None:
     missing = cli("prune")
     assert missing.exit_code == 2
     assert "--older-than" in missing.output
@@ -348,7 +333,7 @@ def test_prune_needs_a_valid_age(cli: t.Callable[..., Result]) -> None:
     assert cli("prune", "--older-than", "1d", "--status", "pending").exit_code == 2
 
 
-def test_secret_prints_a_standard_webhooks_secret(cli: t.Callable[..., Result]) -> None:
+def test_secret_prints_a_standard_webhooks_secret(cli: CLI) -> None:
     first = cli("secret").output.strip()
     second = cli("secret").output.strip()
     assert is_standard_secret(first)
@@ -358,22 +343,18 @@ def test_secret_prints_a_standard_webhooks_secret(cli: t.Callable[..., Result]) 
 @pytest.mark.parametrize("config", [{"WEBHOOKS_QUEUE_URL": "sqlite:///queue.sqlite"}])
 def test_commands_queue_without_starting_workers(
     app: Flask,
-    cli: t.Callable[..., Result],
-    make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
-    webhooks: t.Any,
-    db: t.Any,
-    models: t.Any,
+    cli: CLI,
+    deliver_sites: DeliverSites,
+    deliveries: Deliveries,
+    receiver: RecordingReceiver,
 ) -> None:
     """A CLI process hands work to the shared queue; the app's workers send it."""
     state = app.extensions["webhooks"]
     state.workers = False  # this test process plays the CLI; nothing consumes
-    make_hook(name="crm")
-    _site(db, models)
-    (delivery,) = _deliveries(webhooks, db)
+    (delivery,) = deliver_sites("ams1")
     assert delivery.status == "pending"
     state.workers = None
-    _set(webhooks, db, delivery.id, status=m.FAILED)
+    deliveries.set(delivery.id, status=m.FAILED)
 
     result = cli("retry", delivery.id)
     assert result.exit_code == 0, result.output

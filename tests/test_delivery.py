@@ -35,14 +35,12 @@ from flask_webhooks.delivery import retry_delay
 from flask_webhooks.signing import generate_secret
 from flask_webhooks.sweeping import requeue
 from flask_webhooks.sweeping import sweep
+from flask_webhooks.testing import Answer
+from flask_webhooks.testing import RecordingReceiver
 from flask_webhooks.worker import BATCH_THRESHOLD
 from flask_webhooks.worker import batches
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
-
-from tests.receiver import Answer
-from tests.receiver import Receiver
-from tests.scripted_receiver import ScriptedReceiver
 
 SCHEDULE = [5, 300, 1800]
 
@@ -74,18 +72,6 @@ def config(request: pytest.FixtureRequest) -> dict[str, t.Any]:
     }
     values.update(getattr(request, "param", {}))
     return values
-
-
-@pytest.fixture
-def receiver() -> t.Iterator[Receiver]:
-    """The shared test receiver, polling for shutdown every 50 ms (not 0.5 s)."""
-    r = Receiver()
-    r._thread = threading.Thread(
-        target=r.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    r.start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -571,7 +557,7 @@ def test_expired_lease_is_reclaimed_and_the_late_result_is_not_written(
     """Worker A's attempt outlives its lease; worker B takes the delivery over.
     B's result stands; A's attempt is only kept in the history."""
     answers = {1: Answer(500, delay=0.4), 2: Answer(200, delay=0.6)}
-    with ScriptedReceiver(lambda _id, attempt: answers[attempt]) as rx:
+    with RecordingReceiver(answer=lambda r: answers[r.attempt]) as rx:
         make_hook(payload_url=rx.url)
         (delivery_id,) = new_deliveries(db, models)
         t0 = later(1)
@@ -581,7 +567,7 @@ def test_expired_lease_is_reclaimed_and_the_late_result_is_not_written(
             target=lambda: outcome_a.append(deliver(state, delivery_id, now=t0))
         )
         worker_a.start()
-        rx.wait_for(1)
+        rx.wait_for(1, timeout=30)
         # While A's lease holds, nobody else may take the delivery.
         assert deliver(state, delivery_id, now=t0 + lease / 2).claimed is False
         outcome_b = deliver(
@@ -595,7 +581,7 @@ def test_expired_lease_is_reclaimed_and_the_late_result_is_not_written(
     assert (d.status, d.attempts, d.last_status_code) == (m.SUCCEEDED, 2, 200)
     history = attempts_of(webhooks, db, delivery_id)
     assert sorted((a.number, a.status_code) for a in history) == [(1, 500), (2, 200)]
-    assert [h.attempt for h in rx.hits] == [1, 2]
+    assert [h.attempt for h in rx.requests] == [1, 2]
     assert [n for n, _ in caught] == ["delivery-succeeded"]
 
 
@@ -874,7 +860,7 @@ def test_build_request_uses_the_webhook_timeout_and_tls_settings(
 def test_attempts_reuse_the_thread_s_pooled_connection(
     webhooks, db, models, make_hook, state
 ):
-    with ScriptedReceiver() as rx:
+    with RecordingReceiver() as rx:
         make_hook(payload_url=rx.url)
         ids = new_deliveries(db, models, 3)
         for delivery_id in ids:
@@ -890,7 +876,7 @@ def test_attempts_reuse_the_thread_s_pooled_connection(
         th.start()
         th.join()
     assert other[0].status == m.SUCCEEDED
-    ports = [hit.client_port for hit in rx.hits]
+    ports = [hit.client_port for hit in rx.requests]
     # One keep-alive connection for this thread; another thread has its own.
     assert len(set(ports[:3])) == 1
     assert ports[3] != ports[0]

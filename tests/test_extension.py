@@ -180,7 +180,7 @@ def test_username_from_flask_login(app, webhooks, db, models, receiver, make_hoo
 
 
 def test_retry_and_sweep(webhooks, db, models, receiver, make_hook):
-    from tests.receiver import Answer
+    from flask_webhooks.testing import Answer
 
     make_hook()
     receiver.respond(Answer(status=503))

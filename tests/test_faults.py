@@ -22,13 +22,13 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
+from flask_webhooks.testing import Answer
+from flask_webhooks.testing import ReceivedRequest
+from flask_webhooks.testing import RecordingReceiver
 from flask_webhooks.worker import heartbeats
 
 from tests.conftest import PG_URL
 from tests.conftest import REDIS_URL
-from tests.receiver import Answer
-from tests.scripted_receiver import Hit
-from tests.scripted_receiver import ScriptedReceiver
 from tests.worker_helpers import open_stack
 from tests.worker_helpers import Stack
 from tests.worker_helpers import wait_until
@@ -73,13 +73,13 @@ def report(test: str, stack_name: str | None = None, **figures: t.Any) -> None:
     print(f"\n[faults] {test} ({stack_name or backends()}): {shown}")
 
 
-def check_once_at_a_time(hits: list[Hit], *, overlap: bool = True) -> None:
+def check_once_at_a_time(hits: list[ReceivedRequest], *, overlap: bool = True) -> None:
     """Each attempt number of a delivery was sent once and (with ``overlap``)
     no two attempts of one delivery were being answered at the same time.
 
     The overlap check does not apply when the sender gave up on a slow answer
     (a timeout): the receiver is still busy with it while the retry arrives."""
-    by_id: dict[str, list[Hit]] = collections.defaultdict(list)
+    by_id: dict[str | None, list[ReceivedRequest]] = collections.defaultdict(list)
     for hit in hits:
         by_id[hit.delivery_id].append(hit)
     pairs = collections.Counter((h.delivery_id, h.attempt) for h in hits)
@@ -87,7 +87,8 @@ def check_once_at_a_time(hits: list[Hit], *, overlap: bool = True) -> None:
     if not overlap:
         return
     for delivery_hits in by_id.values():
-        spans = sorted((h.started, h.ended) for h in delivery_hits)
+        # answered_at is None only if the answer was still being written.
+        spans = sorted((h.received_at, h.answered_at or 0.0) for h in delivery_hits)
         for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start
 
@@ -97,12 +98,12 @@ def test_receiver_failing_then_recovering_every_delivery_succeeds(stack):
     """Attempt 1 gets a 500, attempt 2 times out, attempt 3 gets a 200."""
     answers = {1: Answer(500), 2: Answer(200, delay=1.2), 3: Answer(200)}
     events = 24
-    with ScriptedReceiver(lambda _id, attempt: answers[attempt]) as rx:
+    with RecordingReceiver(answer=lambda r: answers[r.attempt]) as rx:
         stack.add_hook(rx.url)
         stack.start_worker(threads=8)
         ids = stack.commit_items(events)
         stack.wait_all(m.SUCCEEDED, events, timeout=60)
-        hits = list(rx.hits)
+        hits = list(rx.requests)
     rows = stack.rows()
     by_id = collections.defaultdict(list)
     for hit in hits:
@@ -145,19 +146,21 @@ def test_worker_killed_mid_way_nothing_is_lost(stack):
     attempts in flight at the kill may be sent twice."""
     batch_size = stack.settings["config"]["WEBHOOKS_DELIVERY_BATCH_SIZE"]
     events = 1000
-    with ScriptedReceiver(lambda _id, _n: Answer(200, delay=0.01)) as rx:
+    with RecordingReceiver(answer=lambda _: Answer(200, delay=0.01)) as rx:
         stack.add_hook(rx.url)
         first = stack.start_worker(threads=THREADS)
         ids = stack.commit_items(events)
         assert len(ids) == events
-        wait_until(lambda: rx.count() >= 300, 60, "300 deliveries before the kill")
+        wait_until(
+            lambda: len(rx.requests) >= 300, 60, "300 deliveries before the kill"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         at_kill = stack.statuses()
-        received_at_kill = rx.count()
+        received_at_kill = len(rx.requests)
         stack.start_worker(threads=THREADS)
         stack.wait_all(m.SUCCEEDED, events, timeout=60)
-        hits = list(rx.hits)
+        hits = list(rx.requests)
     assert first.returncode == -signal.SIGKILL
     rows = stack.rows()
     received = collections.Counter(h.delivery_id for h in hits)
@@ -189,7 +192,7 @@ def test_worker_killed_mid_way_nothing_is_lost(stack):
 
 def test_queue_flushed_after_commit_sweep_delivers_everything(stack):
     events = 200
-    with ScriptedReceiver() as rx:
+    with RecordingReceiver() as rx:
         stack.add_hook(rx.url)
         ids = stack.commit_items(events)
         huey = stack.state.huey
@@ -202,7 +205,7 @@ def test_queue_flushed_after_commit_sweep_delivers_everything(stack):
         assert huey.pending_count() == events // 50  # batches again
         stack.start_worker(threads=THREADS)
         stack.wait_all(m.SUCCEEDED, events, timeout=60)
-        hits = list(rx.hits)
+        hits = list(rx.requests)
     received = collections.Counter(h.delivery_id for h in hits)
     assert sorted(received) == sorted(ids)
     assert set(received.values()) == {1}
@@ -215,11 +218,11 @@ def test_two_workers_never_attempt_a_delivery_twice_at_once(stack):
     same rows and retries: each attempt is sent once, never overlapping."""
     events = 300
 
-    def decide(delivery_id: str, attempt: int) -> Answer:
-        fails_once = int(delivery_id[:8], 16) % 3 == 0
-        return Answer(500 if fails_once and attempt == 1 else 200, delay=0.02)
+    def decide(request: ReceivedRequest) -> Answer:
+        fails_once = int((request.delivery_id or "")[:8], 16) % 3 == 0
+        return Answer(500 if fails_once and request.attempt == 1 else 200, delay=0.02)
 
-    with ScriptedReceiver(decide) as rx:
+    with RecordingReceiver(answer=decide) as rx:
         stack.add_hook(rx.url)
         workers = [stack.start_worker(threads=THREADS) for _ in range(2)]
         with stack.app.app_context():
@@ -230,7 +233,7 @@ def test_two_workers_never_attempt_a_delivery_twice_at_once(stack):
             stack.state.enqueue(ids)
             stack.state.enqueue(ids)
         stack.wait_all(m.SUCCEEDED, events, timeout=60)
-        hits = list(rx.hits)
+        hits = list(rx.requests)
     expected = {i: 2 if int(i[:8], 16) % 3 == 0 else 1 for i in ids}
     received = collections.Counter(h.delivery_id for h in hits)
     assert dict(received) == expected
@@ -324,7 +327,7 @@ def test_redis_restart_workers_recover_on_their_own(tmp_path, redis_server):
     delivered by its sweeper."""
     events = 0
     with open_stack(tmp_path, redis_server.url) as stack:
-        with ScriptedReceiver() as rx:
+        with RecordingReceiver() as rx:
             stack.add_hook(rx.url)
             worker = stack.start_worker(threads=THREADS)
             before = stack.commit_items(20)
@@ -335,7 +338,7 @@ def test_redis_restart_workers_recover_on_their_own(tmp_path, redis_server):
             redis_server.start()
             after = stack.commit_items(20)
             stack.wait_all(m.SUCCEEDED, 60, timeout=60)
-            hits = list(rx.hits)
+            hits = list(rx.requests)
             events = len(before) + len(during) + len(after)
         assert worker.poll() is None  # the same worker process throughout
         received = collections.Counter(h.delivery_id for h in hits)

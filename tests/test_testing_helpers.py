@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import threading
 import typing as t
 
 import pytest
@@ -9,10 +11,10 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_webhooks.signing import generate_secret
 from flask_webhooks.signing import sign
+from flask_webhooks.testing import Answer
 from flask_webhooks.testing import capture_deliveries
+from flask_webhooks.testing import ReceivedRequest
 from flask_webhooks.testing import RecordingReceiver
-
-from tests.receiver import Receiver
 
 
 def _statuses(webhooks: t.Any, db: t.Any) -> list[tuple[str, int]]:
@@ -31,7 +33,7 @@ def test_capture_records_the_exact_signed_requests_without_sending(
     models: t.Any,
     webhooks: t.Any,
     make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
+    receiver: RecordingReceiver,
 ) -> None:
     make_hook(name="crm", secret="s3cret", additional_headers="X-Team: infra")
     with capture_deliveries(app) as sent:
@@ -135,7 +137,7 @@ def test_capture_ignores_the_configured_queue_and_restores_it(
     models: t.Any,
     webhooks: t.Any,
     make_hook: t.Callable[..., t.Any],
-    receiver: Receiver,
+    receiver: RecordingReceiver,
 ) -> None:
     state = app.extensions["webhooks"]
     make_hook(name="crm")
@@ -207,3 +209,81 @@ def test_recording_receiver_end_to_end(
         with pytest.raises(AssertionError, match="expected 1 webhook requests, got 0"):
             hooks.wait_for(1, timeout=0.05)
     app.extensions["webhooks"].transport().close()
+
+
+def _call(
+    conn: http.client.HTTPConnection,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """One request over ``conn`` (kept alive): status, headers, body."""
+    conn.request(method, "/hook", body=b"{}", headers=headers or {})
+    response = conn.getresponse()
+    return response.status, dict(response.getheaders()), response.read()
+
+
+def test_recording_receiver_answers_queued_then_chosen_then_default() -> None:
+    def by_attempt(request: ReceivedRequest) -> Answer | int:
+        if request.attempt == 2:
+            return Answer(202, headers={"Content-Type": "application/json"}, body=b"{}")
+        return 204
+
+    with RecordingReceiver(answer=by_attempt) as receiver:
+        receiver.respond(Answer(503, headers={"Retry-After": "7"}, body=b"busy"), 500)
+        conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=5)
+        try:
+            answers = [
+                _call(conn, headers={"X-Webhook-Attempt": str(n)})
+                for n in (1, 2, 2, 3, 3)
+            ]
+        finally:
+            conn.close()
+        requests = receiver.wait_for(5)
+    assert [(status, body) for status, _, body in answers] == [
+        (503, b"busy"),  # queued with respond(), in order
+        (500, b"ok"),
+        (202, b"{}"),  # then answer(request)
+        (204, b""),
+        (204, b""),  # nothing left on the connection by the first 204
+    ]
+    assert answers[0][1]["Retry-After"] == "7"
+    assert answers[0][1]["Content-Type"] == "text/plain"
+    assert answers[2][1]["Content-Type"] == "application/json"
+    assert "Content-Length" not in answers[3][1]
+    assert [r.attempt for r in requests] == [1, 2, 2, 3, 3]
+    # One keep-alive connection: one client port.
+    assert len({r.client_port for r in requests}) == 1
+
+    with RecordingReceiver(status=201) as receiver:
+        conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=5)
+        try:
+            assert _call(conn, "HEAD")[::2] == (201, b"")
+            assert _call(conn, "PUT")[::2] == (201, b"ok")
+        finally:
+            conn.close()
+        head, put = receiver.wait_for(2)
+    assert (head.method, put.method) == ("HEAD", "PUT")
+    assert (head.delivery_id, head.attempt) == (None, None)
+
+
+def test_recording_receiver_records_before_a_delayed_answer() -> None:
+    with RecordingReceiver() as receiver:
+        receiver.respond(Answer(200, delay=1.0))
+        conn = http.client.HTTPConnection("127.0.0.1", receiver.port, timeout=5)
+        headers = {"X-Webhook-ID": "d-1", "X-Webhook-Attempt": "1"}
+        results: list[tuple[int, dict[str, str], bytes]] = []
+        sender = threading.Thread(
+            target=lambda: results.append(_call(conn, headers=headers))
+        )
+        sender.start()
+        try:
+            (request,) = receiver.wait_for(1)
+            assert request.answered_at is None, "recorded while the answer waits"
+        finally:
+            sender.join()
+            conn.close()
+    assert results[0][0] == 200
+    assert (request.delivery_id, request.attempt) == ("d-1", 1)
+    assert request.header("x-webhook-id") == "d-1"
+    assert request.answered_at is not None
+    assert request.answered_at - request.received_at >= 1.0

@@ -15,7 +15,6 @@ import gc
 import gzip
 import ipaddress
 import socket
-import ssl
 import threading
 import time
 import warnings
@@ -27,6 +26,8 @@ from typing import Any
 import pytest
 from flask_webhooks import transport
 from flask_webhooks import urlpolicy
+from flask_webhooks.testing import Answer
+from flask_webhooks.testing import RecordingReceiver
 from flask_webhooks.transport import BlockedAddress
 from flask_webhooks.transport import DEFAULT_DENIED_NETWORKS
 from flask_webhooks.transport import HTTPRequest
@@ -34,9 +35,6 @@ from flask_webhooks.transport import HTTPResult
 from flask_webhooks.transport import parse_retry_after
 from flask_webhooks.transport import Transport
 from flask_webhooks.transport import URLPolicy
-
-from tests.receiver import Answer
-from tests.receiver import Receiver
 
 
 def fake_resolver(
@@ -78,14 +76,7 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver().start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def make_transport(receiver: Receiver) -> Iterator[Callable[..., Transport]]:
+def make_transport(receiver: RecordingReceiver) -> Iterator[Callable[..., Transport]]:
     """Build transports; closed before the receiver stops (keep-alive sockets)."""
     made: list[Transport] = []
 
@@ -97,15 +88,6 @@ def make_transport(receiver: Receiver) -> Iterator[Callable[..., Transport]]:
     yield make
     for t in made:
         t.close()
-
-
-def quiet(receiver: Receiver) -> None:
-    """Silence the server's traceback when a client resets the connection.
-
-    Closing a connection with unread response bytes resets it; that is what
-    the transport must do for an over-long body.
-    """
-    receiver.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
 
 
 def post(url: str, body: bytes = b"{}", **kwargs: Any) -> HTTPRequest:
@@ -124,7 +106,7 @@ def post(url: str, body: bytes = b"{}", **kwargs: Any) -> HTTPRequest:
 
 
 def test_2xx_is_ok(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     receiver.respond(Answer(status=202, body=b"accepted"))
     result = make_transport().send(post(receiver.url))
@@ -138,7 +120,7 @@ def test_2xx_is_ok(
 
 
 def test_exact_body_and_headers_arrive(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     body = '{"name": "Zürich"}'.encode() + b"\x00\xff\r\n"
     headers = {
@@ -159,7 +141,7 @@ def test_exact_body_and_headers_arrive(
 
 
 def test_500_is_http_error(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     receiver.respond(Answer(status=500, body=b"boom"))
     result = make_transport().send(post(receiver.url))
@@ -173,7 +155,7 @@ def test_500_is_http_error(
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_redirect_not_followed(
-    receiver: Receiver, make_transport: Callable[..., Transport], status: int
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport], status: int
 ) -> None:
     # The target is the receiver itself: a followed redirect would show up as
     # a second request.
@@ -190,9 +172,8 @@ def test_redirect_not_followed(
 
 
 def test_read_timeout(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
-    quiet(receiver)
     receiver.respond(Answer(delay=1.0))
     result = make_transport().send(post(receiver.url, read_timeout=0.2))
     assert result.status_code is None
@@ -260,9 +241,8 @@ def test_connection_refused(make_transport: Callable[..., Transport]) -> None:
 
 
 def test_response_is_capped(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
-    quiet(receiver)
     receiver.respond(Answer(body=b"x" * 200_000))
     result = make_transport(max_response_bytes=1024).send(post(receiver.url))
     assert result.ok
@@ -272,7 +252,7 @@ def test_response_is_capped(
 
 
 def test_body_at_cap_is_not_truncated(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     receiver.respond(Answer(body=b"y" * 1024))
     result = make_transport(max_response_bytes=1024).send(post(receiver.url))
@@ -281,7 +261,7 @@ def test_body_at_cap_is_not_truncated(
 
 
 def test_body_excerpt_replaces_invalid_utf8(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     receiver.respond(Answer(status=400, body=b"bad \xff input"))
     result = make_transport().send(post(receiver.url))
@@ -289,7 +269,7 @@ def test_body_excerpt_replaces_invalid_utf8(
 
 
 def test_retry_after_seconds(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     receiver.respond(Answer(status=503, headers={"Retry-After": "120"}))
     result = make_transport().send(post(receiver.url))
@@ -298,7 +278,7 @@ def test_retry_after_seconds(
 
 
 def test_retry_after_http_date(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     when = email.utils.formatdate(time.time() + 60, usegmt=True)
     receiver.respond(Answer(status=429, headers={"Retry-After": when}))
@@ -321,7 +301,7 @@ def test_parse_retry_after() -> None:
 
 
 def test_env_proxies_are_ignored(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -506,7 +486,7 @@ def test_wire_headers_given_ones_plus_host_framing_and_accept(
 
 
 def test_default_accept_headers_reach_the_receiver(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     assert make_transport().send(post(receiver.url)).ok
     (got,) = receiver.wait_for(1)
@@ -526,7 +506,7 @@ def test_default_accept_headers_reach_the_receiver(
     ],
 )
 def test_body_and_content_length_per_method(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     method: str,
     body: bytes,
@@ -543,7 +523,7 @@ def test_body_and_content_length_per_method(
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_compressed_answer_is_decoded(
-    receiver: Receiver, make_transport: Callable[..., Transport], encoding: str
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport], encoding: str
 ) -> None:
     text = b'{"status": "queued", "detail": "' + b"z" * 500 + b'"}'
     packed = gzip.compress(text) if encoding == "gzip" else zlib.compress(text)
@@ -555,9 +535,8 @@ def test_compressed_answer_is_decoded(
 
 
 def test_compressed_answer_is_capped_after_decoding(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
-    quiet(receiver)
     bomb = gzip.compress(b"0" * 5_000_000)  # ~5 KB on the wire
     receiver.respond(Answer(headers={"Content-Encoding": "gzip"}, body=bomb))
     result = make_transport(max_response_bytes=1000).send(post(receiver.url))
@@ -578,7 +557,7 @@ def test_compressed_answer_is_capped_after_decoding(
     ],
 )
 def test_request_that_could_split_the_header_block_is_refused(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     connects: list[tuple[str, int]],
     headers: dict[str, str],
@@ -594,7 +573,7 @@ def test_request_that_could_split_the_header_block_is_refused(
 
 
 def test_url_credentials_become_basic_auth(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     url = f"http://hook%20user:p%40ss@127.0.0.1:{receiver.port}/hook?x=1"
     assert make_transport().send(post(url)).ok
@@ -611,7 +590,7 @@ def test_url_credentials_become_basic_auth(
 
 
 def test_path_and_query_are_percent_encoded(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     url = f"http://127.0.0.1:{receiver.port}/a hook/ü?q=a b&r=%2F#fragment"
     assert make_transport().send(post(url)).ok
@@ -620,7 +599,7 @@ def test_path_and_query_are_percent_encoded(
 
 
 def test_international_host_name_is_idna_encoded(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     connects: list[tuple[str, int]],
 ) -> None:
@@ -647,7 +626,7 @@ def test_policy_names_are_importable_from_transport_too() -> None:
 
 
 def test_policy_blocks_loopback_receiver(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     connects: list[tuple[str, int]],
 ) -> None:
@@ -663,7 +642,7 @@ def test_policy_blocks_loopback_receiver(
 
 
 def test_allowed_overrides_denied(
-    receiver: Receiver, make_transport: Callable[..., Transport]
+    receiver: RecordingReceiver, make_transport: Callable[..., Transport]
 ) -> None:
     policy = URLPolicy(denied=["127.0.0.0/8"], allowed=["127.0.0.1/32"])
     assert make_transport(policy).send(post(receiver.url)).ok
@@ -753,7 +732,7 @@ def test_resolved_metadata_name_is_blocked_without_connecting(
 
 
 def test_any_refused_address_blocks_the_name(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     connects: list[tuple[str, int]],
 ) -> None:
@@ -794,7 +773,7 @@ def test_name_resolution_failure_is_a_connect_error(
 
 
 def test_hostname_reaches_receiver_with_its_host_header(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     connects: list[tuple[str, int]],
 ) -> None:
@@ -808,7 +787,7 @@ def test_hostname_reaches_receiver_with_its_host_header(
 
 
 def test_no_dns_rebinding(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
     connects: list[tuple[str, int]],
 ) -> None:
@@ -845,41 +824,31 @@ def test_no_dns_rebinding(
 
 
 @pytest.fixture
-def client_ports(receiver: Receiver) -> list[int]:
-    """Client ports the receiver saw, one entry per request."""
-    ports: list[int] = []
-    base: Any = receiver.server.RequestHandlerClass
-
-    class Recording(base):  # type: ignore[misc, valid-type]
-        def do_POST(self) -> None:
-            ports.append(self.client_address[1])
-            super().do_POST()
-
-    receiver.server.RequestHandlerClass = Recording
-    return ports
+def client_ports(receiver: RecordingReceiver) -> Callable[[], list[int]]:
+    """Client ports the receiver saw so far, one entry per request."""
+    return lambda: [r.client_port for r in receiver.requests]
 
 
 def test_connection_reuse(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
-    client_ports: list[int],
+    client_ports: Callable[[], list[int]],
 ) -> None:
     t = make_transport()
     assert t.send(post(receiver.url)).ok
     assert t.send(post(receiver.url)).ok
-    assert len(client_ports) == 2
-    assert client_ports[0] == client_ports[1]
+    assert len(client_ports()) == 2
+    assert client_ports()[0] == client_ports()[1]
     # After close() the next send opens a fresh connection.
     t.close()
     assert t.send(post(receiver.url)).ok
-    assert client_ports[2] != client_ports[0]
+    assert client_ports()[2] != client_ports()[0]
 
 
 def test_truncated_response_does_not_poison_the_pool(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
 ) -> None:
-    quiet(receiver)
     t = make_transport(max_response_bytes=10)
     receiver.respond(Answer(body=b"z" * 100_000), Answer(body=b"second"))
     assert t.send(post(receiver.url)).truncated
@@ -889,17 +858,17 @@ def test_truncated_response_does_not_poison_the_pool(
 
 
 def test_answer_with_connection_close_is_followed_by_a_new_connection(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
-    client_ports: list[int],
+    client_ports: Callable[[], list[int]],
 ) -> None:
     t = make_transport()
     receiver.respond(Answer(headers={"Connection": "close"}))
     assert t.send(post(receiver.url)).ok
     assert t.send(post(receiver.url)).ok
     assert t.send(post(receiver.url)).ok
-    assert client_ports[1] != client_ports[0]
-    assert client_ports[2] == client_ports[1]
+    assert client_ports()[1] != client_ports()[0]
+    assert client_ports()[2] == client_ports()[1]
 
 
 def test_idle_connection_closed_by_the_server_is_replaced(
@@ -937,9 +906,9 @@ def test_idle_connection_closed_by_the_server_is_replaced(
 
 
 def test_least_recently_used_pool_is_closed_beyond_ten(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
-    client_ports: list[int],
+    client_ports: Callable[[], list[int]],
 ) -> None:
     hosts = [f"h{i}.test" for i in range(11)]
     resolver = fake_resolver({host: ["127.0.0.1"] for host in hosts})
@@ -947,7 +916,7 @@ def test_least_recently_used_pool_is_closed_beyond_ten(
 
     def send(host: str) -> int:
         assert t.send(post(f"http://{host}:{receiver.port}/hook")).ok
-        return client_ports[-1]
+        return client_ports()[-1]
 
     first = {host: send(host) for host in hosts[:10]}
     assert send(hosts[0]) == first[hosts[0]]  # h0 is now the most recent
@@ -958,9 +927,9 @@ def test_least_recently_used_pool_is_closed_beyond_ten(
 
 
 def test_each_thread_has_its_own_session(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
-    client_ports: list[int],
+    client_ports: Callable[[], list[int]],
 ) -> None:
     t = make_transport()
     assert t.send(post(receiver.url)).ok
@@ -976,15 +945,15 @@ def test_each_thread_has_its_own_session(
     worker.start()
     worker.join()
     assert results[0].ok
-    assert len(client_ports) == 2
-    assert client_ports[0] != client_ports[1]
+    assert len(client_ports()) == 2
+    assert client_ports()[0] != client_ports()[1]
     # The main thread's session survived the other thread's close().
     assert t.send(post(receiver.url)).ok
-    assert client_ports[2] == client_ports[0]
+    assert client_ports()[2] == client_ports()[0]
 
 
 def test_thread_exit_closes_its_connections(
-    receiver: Receiver,
+    receiver: RecordingReceiver,
     make_transport: Callable[..., Transport],
 ) -> None:
     t = make_transport()
@@ -1006,23 +975,13 @@ def test_thread_exit_closes_its_connections(
 
 
 @pytest.fixture
-def tls_receiver(tmp_path: Any) -> Iterator[tuple[Receiver, str]]:
-    """A receiver speaking TLS on 127.0.0.1 with a certificate for "localhost"."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(context)
-    r = Receiver()
-    r.server.socket = context.wrap_socket(r.server.socket, server_side=True)
-    r.start()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    yield r, str(ca_path)
-    r.stop()
+def tls_host() -> str:
+    """``tls_receiver`` (conftest) gets a certificate for "localhost"."""
+    return "localhost"
 
 
 @pytest.fixture
-def tls_transport(tls_receiver: tuple[Receiver, str]) -> Iterator[Transport]:
+def tls_transport(tls_receiver: tuple[RecordingReceiver, str]) -> Iterator[Transport]:
     resolver = fake_resolver({"localhost": ["127.0.0.1"]})
     t = Transport(URLPolicy(resolver=resolver))
     yield t
@@ -1030,7 +989,7 @@ def tls_transport(tls_receiver: tuple[Receiver, str]) -> Iterator[Transport]:
 
 
 def test_https_with_ca_bundle_verifies_hostname(
-    tls_receiver: tuple[Receiver, str],
+    tls_receiver: tuple[RecordingReceiver, str],
     tls_transport: Transport,
     connects: list[tuple[str, int]],
 ) -> None:
@@ -1045,7 +1004,7 @@ def test_https_with_ca_bundle_verifies_hostname(
 
 
 def test_https_hostname_mismatch_fails(
-    tls_receiver: tuple[Receiver, str], tls_transport: Transport
+    tls_receiver: tuple[RecordingReceiver, str], tls_transport: Transport
 ) -> None:
     # Same server, same trusted CA, but the URL names 127.0.0.1, which the
     # certificate (issued for "localhost") does not cover.
@@ -1058,7 +1017,7 @@ def test_https_hostname_mismatch_fails(
 
 
 def test_https_default_verification_rejects_unknown_ca(
-    tls_receiver: tuple[Receiver, str], tls_transport: Transport
+    tls_receiver: tuple[RecordingReceiver, str], tls_transport: Transport
 ) -> None:
     r, _ = tls_receiver
     result = tls_transport.send(post(f"https://localhost:{r.port}/hook"))
@@ -1069,7 +1028,7 @@ def test_https_default_verification_rejects_unknown_ca(
 
 
 def test_https_verify_false_skips_verification(
-    tls_receiver: tuple[Receiver, str], tls_transport: Transport
+    tls_receiver: tuple[RecordingReceiver, str], tls_transport: Transport
 ) -> None:
     r, _ = tls_receiver
     url = f"https://localhost:{r.port}/hook"
@@ -1086,7 +1045,7 @@ def test_https_verify_false_skips_verification(
 
 
 def test_https_verify_setting_gets_its_own_connection(
-    tls_receiver: tuple[Receiver, str],
+    tls_receiver: tuple[RecordingReceiver, str],
     tls_transport: Transport,
     connects: list[tuple[str, int]],
 ) -> None:
@@ -1106,7 +1065,7 @@ def test_https_verify_setting_gets_its_own_connection(
 
 
 def test_https_missing_ca_bundle_is_a_tls_error(
-    tls_receiver: tuple[Receiver, str],
+    tls_receiver: tuple[RecordingReceiver, str],
     tls_transport: Transport,
     tmp_path: Any,
 ) -> None:
@@ -1120,7 +1079,7 @@ def test_https_missing_ca_bundle_is_a_tls_error(
 
 
 def test_https_policy_applies(
-    tls_receiver: tuple[Receiver, str],
+    tls_receiver: tuple[RecordingReceiver, str],
     connects: list[tuple[str, int]],
 ) -> None:
     r, ca_path = tls_receiver

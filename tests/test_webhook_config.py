@@ -9,18 +9,16 @@ import hashlib
 import hmac
 import json
 import os
-import ssl
 from urllib.parse import parse_qs
 
 import pytest
 import sqlalchemy as sa
 from flask_webhooks.signing import generate_secret
+from flask_webhooks.testing import Answer
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from tests.conftest import D
 from tests.conftest import Status
-from tests.receiver import Answer
-from tests.receiver import Receiver
 
 
 def deliveries(webhooks, db):
@@ -411,23 +409,6 @@ def test_both_signature_schemes(webhooks, db, models, receiver, make_hook):
 
 
 # -- TLS -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def tls_receiver(tmp_path):
-    """A receiver speaking TLS on 127.0.0.1, certificate from a private CA."""
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    r = Receiver()
-    r.server.socket = context.wrap_socket(r.server.socket, server_side=True)
-    r.url = f"https://127.0.0.1:{r.port}/hook"
-    r.start()
-    ca_path = tmp_path / "private-ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    yield r, str(ca_path)
-    r.stop()
 
 
 def test_tls_with_ca_file(webhooks, db, models, make_hook, tls_receiver):

@@ -14,14 +14,14 @@ import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
 from flask_webhooks.queue import make_huey
+from flask_webhooks.testing import Answer
+from flask_webhooks.testing import RecordingReceiver
 from flask_webhooks.worker import EmbeddedWorkers
 from flask_webhooks.worker import heartbeats
 from flask_webhooks.worker import start_embedded_workers
 from flask_webhooks.worker import stop_embedded_workers
 
 from tests.conftest import REDIS_URL
-from tests.receiver import Answer
-from tests.scripted_receiver import ScriptedReceiver
 from tests.worker_app import create_app
 from tests.worker_helpers import open_stack
 from tests.worker_helpers import wait_until
@@ -150,7 +150,7 @@ def test_sqlite_queue_workers_start_with_the_first_request(tmp_path):
         "queue_url": None,  # the default: a SQLite file in the instance folder
         "instance_path": str(tmp_path / "instance"),
     }
-    with ScriptedReceiver() as rx:
+    with RecordingReceiver() as rx:
         before = create_app(settings)  # no embedded workers (worker_app default)
         with before.app_context():
             ext = before.extensions["worker_app"]
@@ -173,7 +173,7 @@ def test_sqlite_queue_workers_start_with_the_first_request(tmp_path):
             assert state.workers is None
             assert after.test_client().get("/").status_code == 404
             assert isinstance(state.workers, EmbeddedWorkers)
-            rx.wait_for(3)
+            rx.wait_for(3, timeout=30)
             with after.app_context():
                 wait_until(
                     lambda: status_of(state) == [m.SUCCEEDED] * 3, 10, "3 deliveries"
@@ -280,11 +280,11 @@ def stack(tmp_path: t.Any) -> t.Iterator[t.Any]:
     "signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"]
 )
 def test_worker_stops_gracefully_finishing_the_running_delivery(stack, signum):
-    with ScriptedReceiver(lambda _id, _n: Answer(200, delay=1.0)) as rx:
+    with RecordingReceiver(answer=lambda _: Answer(200, delay=1.0)) as rx:
         stack.add_hook(rx.url)
         proc = stack.start_worker(threads=2)
         (delivery_id,) = stack.commit_items(1)
-        rx.wait_for(1)  # the request is in flight now
+        rx.wait_for(1, timeout=30)  # the request is in flight now
         proc.send_signal(signum)
         assert proc.wait(20) == 0, stack.log(0)
     row = stack.rows()[delivery_id]
@@ -299,14 +299,14 @@ def test_worker_stops_gracefully_finishing_the_running_delivery(stack, signum):
 
 @pytest.mark.slow
 def test_worker_with_processes_delivers_and_stops(stack):
-    with ScriptedReceiver() as rx:
+    with RecordingReceiver() as rx:
         stack.add_hook(rx.url)
         proc = stack.start_worker("--processes", threads=2)
         ids = stack.commit_items(10)
         stack.wait_all(m.SUCCEEDED, 10, timeout=30)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, stack.log(0)
-    assert sorted(h.delivery_id for h in rx.hits) == sorted(ids)
+    assert sorted(h.delivery_id for h in rx.requests) == sorted(ids)
     children = subprocess.run(
         ["pgrep", "-P", str(proc.pid)], capture_output=True, check=False
     )
@@ -315,7 +315,7 @@ def test_worker_with_processes_delivers_and_stops(stack):
 
 @pytest.mark.slow
 def test_worker_restarts_in_place_on_sighup(stack):
-    with ScriptedReceiver() as rx:
+    with RecordingReceiver() as rx:
         stack.add_hook(rx.url)
         proc = stack.start_worker(threads=2)
         with stack.app.app_context():
@@ -334,4 +334,4 @@ def test_worker_restarts_in_place_on_sighup(stack):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0, stack.log(0)
     assert "worker restarting (SIGHUP)" in stack.log(0)
-    assert len(rx.hits) == 3
+    assert len(rx.requests) == 3
