@@ -9,10 +9,11 @@ How a transaction flows through here:
 2. Savepoints record the journal length when they begin; rolling one back
    truncates the journal to it. A rollback or a close without commit drops it.
 3. ``before_commit`` (outermost transaction only): flush, then hand the
-   journal to :func:`.outbox.build_rows` (coalesce into one event per object
-   with its final state, serialize each object once, match webhooks) and
-   insert every delivery row of the commit with one executemany, in the
-   user's transaction (transactional outbox).
+   journal to :func:`.outbox.build_chunks` (coalesce into one event per
+   object with its final state, serialize each object once, match webhooks)
+   and write the deliveries chunk by chunk with one executemany each (plus,
+   for events several plain webhooks take, one staged row per event copied
+   per webhook in SQL), in the user's transaction (transactional outbox).
 4. ``after_commit``: hand the new delivery ids to the queue.
 
 Nothing here may break the user's commit: errors are logged, or recorded on
@@ -41,7 +42,7 @@ from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.state import InstanceState
 
 from . import models as m
-from .outbox import build_rows
+from .outbox import build_chunks
 
 if t.TYPE_CHECKING:
     from .extension import WebhooksState
@@ -455,18 +456,21 @@ def _before_commit(session: Session) -> None:
     if tx is None or not tx.journal:
         return
     try:
-        rows = build_rows(
+        ext = tx.ext
+        conn = session.connection(
+            bind_arguments={"mapper": sa.inspect(ext.models.Delivery)}
+        )
+        writer = ext.outbox
+        chunks = build_chunks(
             tx.journal,
             tx.index,
             request_id=current_request_id() or str(uuid.uuid4()),
-            username=tx.ext.username(),
+            username=ext.username(),
+            fanout=writer.fanout_available(conn),
         )
-        if rows:
-            tx.ext.write_outbox(session, rows)
-            for r in rows:
-                if r["status"] == m.PENDING:
-                    tx.to_enqueue.append(r["id"])
-                    tx.enqueue_keys.append(r["webhook_id"])
+        ids, keys = writer.write_chunks(conn, chunks)
+        tx.to_enqueue.extend(ids)
+        tx.enqueue_keys.extend(keys)
     except Exception:
         logger.exception(
             "flask-webhooks: failed to record deliveries; the commit goes on"

@@ -149,7 +149,9 @@ class WebhooksState:
         self.config = config
         self.registry = ext.registry
         self.index_cache = IndexCache(models.Webhook.__table__)
-        self.outbox = OutboxWriter(models.Delivery.__table__)
+        self.outbox = OutboxWriter(
+            models.Delivery.__table__, models.OutboxEvent.__table__
+        )
         self._transport_lock = threading.Lock()
         self._transport: Transport | None = None
         self.deliver_task: t.Any = None
@@ -172,12 +174,6 @@ class WebhooksState:
             bind_arguments={"mapper": sa.inspect(self.models.Webhook)}
         )
         return self.index_cache.get(conn)
-
-    def write_outbox(self, session: Session, rows: list[dict[str, t.Any]]) -> None:
-        conn = session.connection(
-            bind_arguments={"mapper": sa.inspect(self.models.Delivery)}
-        )
-        self.outbox.write(conn, rows)
 
     def username(self) -> str | None:
         """The acting user's name, for the payload; never raises."""

@@ -23,6 +23,9 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_webhooks.index")
 
+#: Plain webhooks that fan-out delivery ids can number (see :mod:`.outbox`).
+MAX_FANOUT_HOOKS = 0x1000
+
 _EVENT_FLAGS = (
     (m.CREATED, "on_create"),
     (m.UPDATED, "on_update"),
@@ -47,6 +50,8 @@ class Hook:
     #: No body template and a JSON content type: the body is the shared
     #: default JSON payload of the event.
     default_body: bool = field(init=False)
+    #: No conditions and the default body: see :meth:`Index.split`.
+    plain: bool = field(init=False)
 
     def __post_init__(self) -> None:
         row = self.row
@@ -57,6 +62,7 @@ class Hook:
         self.default_body = not (row.body_template or "").strip() and (
             media_type != "application/x-www-form-urlencoded"
         )
+        self.plain = self.default_body and self.conditions is None
 
     def matches(self, data: t.Any, snapshots: t.Mapping[str, t.Any]) -> bool:
         """Whether the condition set (if any) accepts this event."""
@@ -78,8 +84,31 @@ class Index:
     #: model names at least one enabled webhook listens to, for any event.
     models: frozenset[str] = frozenset()
 
+    #: Few enough plain webhooks to number them in fan-out delivery ids.
+    fanout_ok: bool = True
+    #: (model, event) -> (hooks whose rows can be copied in SQL, the others).
+    _split: dict[tuple[str, str], tuple[tuple[Hook, ...], list[Hook]]] = field(
+        default_factory=dict, repr=False
+    )
+
     def matching(self, model: str, event: str) -> list[Hook]:
         return self.hooks.get((model, event), [])
+
+    def split(self, model: str, event: str) -> tuple[tuple[Hook, ...], list[Hook]]:
+        """The matching webhooks as ``(plain, others)``.
+
+        *Plain* webhooks have no conditions and take the default JSON body:
+        every event gives each of them the same row but for the webhook's own
+        values, so the outbox can copy those rows in SQL (fan-out).
+        """
+        key = (model, event)
+        found = self._split.get(key)
+        if found is None:
+            hooks = self.matching(model, event)
+            plain = tuple(h for h in hooks if h.plain)
+            found = (plain, [h for h in hooks if not h.plain])
+            self._split[key] = found
+        return found
 
     @classmethod
     def build(cls, signature: tuple[t.Any, ...], rows: t.Iterable[t.Any]) -> Index:
@@ -106,7 +135,10 @@ class Index:
                     if getattr(row, flag):
                         hooks.setdefault((model, event_name), []).append(hook)
         models = frozenset(model for model, _ in hooks)
-        return cls(signature, hooks, models)
+        index = cls(signature, hooks, models)
+        plain = {id(h) for found in hooks.values() for h in found if h.plain}
+        index.fanout_ok = len(plain) <= MAX_FANOUT_HOOKS
+        return index
 
 
 class IndexCache:

@@ -254,10 +254,38 @@ class DeliveryAttemptBase:
         return f"<DeliveryAttempt {self.delivery_id}#{self.number}>"
 
 
+class OutboxEventBase:
+    """Events of a committing transaction on their way to the delivery table
+    (``webhooks_outbox_event``).
+
+    When several webhooks take an event's default JSON body, capture writes
+    the event once here and copies it into one delivery row per webhook with
+    ``INSERT ... SELECT`` (see :mod:`.outbox`). The rows are deleted in the
+    same transaction: outside a commit in progress the table is empty.
+    """
+
+    __tablename__ = "webhooks_outbox_event"
+
+    #: One value per write (random), so concurrent transactions never mix.
+    batch: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    #: Which set of webhooks the event fans out to (numbered per write).
+    grp: Mapped[int] = mapped_column()
+    #: The delivery ids are this plus 3 hex digits numbering the webhook.
+    id_prefix: Mapped[str] = mapped_column(sa.String(33))
+    event: Mapped[str] = mapped_column(sa.String(16))
+    model: Mapped[str] = mapped_column(sa.String(100))
+    object_id: Mapped[str] = mapped_column(sa.String(255))
+    request_id: Mapped[str | None] = mapped_column(sa.String(36))
+    username: Mapped[str | None] = mapped_column(sa.String(255))
+    body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
 class Models(t.NamedTuple):
     Webhook: type[t.Any]
     Delivery: type[t.Any]
     DeliveryAttempt: type[t.Any]
+    OutboxEvent: type[t.Any]
 
 
 _built: dict[int, Models] = {}
@@ -292,6 +320,9 @@ def build_models(db: SQLAlchemy, registry: Registry) -> Models:
             ),
         },
     )
-    models = Models(webhook, delivery, attempt)
+    outbox_event = type(
+        "OutboxEvent", (OutboxEventBase, db.Model), {"__module__": __name__}
+    )
+    models = Models(webhook, delivery, attempt, outbox_event)
     _built[key] = models
     return models
