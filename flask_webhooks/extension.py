@@ -20,7 +20,7 @@ from .index import Index
 from .index import IndexCache
 from .models import build_models
 from .models import Models
-from .outbox import OutboxWriter
+from .outbox_writer import OutboxWriter
 from .registry import Registration
 from .registry import Registry
 from .validation import WebhookValidationError

@@ -1,29 +1,20 @@
-"""The outbox: building and writing the delivery rows of a commit.
+"""The outbox: building the delivery rows of a commit.
 
-:func:`build_rows` turns a transaction's journal (see :mod:`.capture`) into
-rows: one per event x matching webhook.
-
-A commit can produce tens of thousands of rows (objects x webhooks). Going
-through ``Connection.execute(insert(table), rows)`` costs SQLAlchemy a
-parameter dict and a type-processor call per column per row, more than the
-database's own insert. The rows here are plain values, and the columns that
-need conversion (the timestamps) hold the same value in every row of a
-commit, so :class:`OutboxWriter` converts those once and hands the driver
-one ``executemany`` with the statement SQLAlchemy compiled for the dialect.
+:func:`build_chunks` turns a transaction's journal (see :mod:`.capture`) into
+deliveries, a chunk of events at a time: one row per event x matching
+webhook, or one staged row per event for the webhooks that take its default
+body without conditions (copied per webhook in SQL). Writing them is
+:mod:`.outbox_writer`'s job.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import operator
 import os
-import threading
 import typing as t
 import uuid
 from dataclasses import dataclass
-
-import sqlalchemy as sa
 
 from . import models as m
 from .payload import comparable
@@ -40,311 +31,9 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_webhooks.capture")
 
-#: Columns every row of one commit shares: converted once per commit.
-_SHARED = ("created_at", "updated_at", "next_attempt_at")
-
-
-#: Name of the staging table of the SQL fan-out (:class:`.models.OutboxEventBase`).
-EVENTS_TABLE = "webhooks_outbox_event"
-_STAGED_COLUMNS = (
-    "batch",
-    "seq",
-    "grp",
-    "id_prefix",
-    "event",
-    "model",
-    "object_id",
-    "request_id",
-    "username",
-    "body",
-)
 #: Delivery ids made by the fan-out: the first 33 characters of a random
 #: version 4 UUID per event, then 3 hex digits numbering the webhook.
 _ID_PREFIX = 33
-
-
-class OutboxWriter:
-    """Inserts delivery rows with one driver-level ``executemany``.
-
-    :meth:`write_chunks` also fans events out in SQL: an event that several
-    plain webhooks take is inserted once into ``webhooks_outbox_event`` and
-    copied into one delivery row per webhook by ``INSERT ... SELECT``, then
-    the staged rows are deleted, all in the caller's transaction. Each copy's
-    id is the event's random UUID prefix plus the webhook's number, so the
-    ids are known without reading them back. Without the table (an app that
-    upgraded without creating it) every delivery is a row built in Python.
-    """
-
-    def __init__(self, table: sa.Table, events: sa.Table | None = None) -> None:
-        self.table = table
-        self.events = (
-            events if events is not None else table.metadata.tables.get(EVENTS_TABLE)
-        )
-        self._compiled: dict[t.Any, tuple[str, list[str], bool, dict[str, t.Any]]] = {}
-        self._lock = threading.Lock()
-        self._fanout_ok: dict[t.Any, bool] = {}
-        self._fanout_sql: dict[t.Any, tuple[sa.Insert, sa.Delete]] = {}
-        self._staging_sql: dict[t.Any, tuple[str, list[int] | None]] = {}
-
-    def _plan(
-        self, dialect: sa.Dialect, given: frozenset[str]
-    ) -> tuple[str, list[str], bool, dict[str, t.Any]]:
-        """SQL, parameter order, positional?, and fill-in values for columns
-        the rows do not give (their scalar default; nullable columns without
-        any default are left out, the database makes them NULL)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle, given)
-        found = self._compiled.get(key)
-        if found is not None:
-            return found
-        columns: list[str] = []
-        fill: dict[str, t.Any] = {}
-        for column in self.table.columns:
-            default = column.default
-            if column.key in given:
-                columns.append(column.key)
-            elif default is not None and getattr(default, "is_scalar", False):
-                columns.append(column.key)
-                fill[column.key] = default.arg  # type: ignore[attr-defined]
-            elif default is None and column.server_default is None:
-                if column.nullable:
-                    continue  # NULL by the database: one parameter less per row
-                columns.append(column.key)
-                fill[column.key] = None
-            elif default is not None:
-                raise RuntimeError(
-                    f"outbox rows must give {column.key!r} (it has a callable default)"
-                )
-        compiled = sa.insert(self.table).compile(dialect=dialect, column_keys=columns)
-        positional = bool(compiled.positional)
-        order = list(compiled.positiontup or ()) if positional else columns
-        found = (str(compiled), order, positional, fill)
-        with self._lock:
-            self._compiled[key] = found
-        return found
-
-    def write(self, conn: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
-        """Insert ``rows`` (dicts keyed by column) in ``conn``'s transaction.
-
-        Every row must have the same keys.
-        """
-        if not rows:
-            return
-        dialect = conn.dialect
-        sql, order, positional, fill = self._plan(dialect, frozenset(rows[0]))
-        columns = self.table.c
-        processors = {
-            key: proc
-            for key in order
-            if (proc := columns[key].type._cached_bind_processor(dialect)) is not None
-        }
-        # Values shared by the whole commit are converted once.
-        shared: dict[str, t.Any] = {}
-        for key in _SHARED:
-            proc = processors.get(key)
-            if proc is None or key not in rows[0]:
-                continue
-            value = rows[0][key]
-            if all(r[key] is value for r in rows):
-                shared[key] = proc(value)
-                del processors[key]
-        for key, value in fill.items():
-            proc = processors.pop(key, None)
-            shared[key] = (
-                proc(value) if proc is not None and value is not None else value
-            )
-        per_row = list(processors.items())
-        pick = operator.itemgetter(*order) if positional else None
-        prepared: list[t.Any]
-        if not per_row and pick is not None:
-            prepared = [pick({**row, **shared}) for row in rows]
-        else:
-            prepared = []
-            for row in rows:
-                values = {**row, **shared}
-                for key, proc in per_row:
-                    value = values[key]
-                    if value is not None:
-                        values[key] = proc(value)
-                prepared.append(pick(values) if pick is not None else values)
-        conn.exec_driver_sql(sql, prepared)
-
-    # -- fan-out in SQL --------------------------------------------------------
-
-    def fanout_available(self, conn: sa.Connection) -> bool:
-        """Whether :meth:`write_chunks` can fan out in SQL on ``conn``."""
-        if self.events is None:
-            return False
-        engine = conn.engine
-        found = self._fanout_ok.get(engine)
-        if found is None:
-            found = self._probe(conn)
-            with self._lock:
-                self._fanout_ok[engine] = found
-        return found
-
-    def _probe(self, conn: sa.Connection) -> bool:
-        """Check once per engine that the staging table exists."""
-        assert self.events is not None
-        query = sa.select(self.events.c.batch).limit(0)
-        try:
-            if conn.dialect.name == "sqlite":
-                conn.execute(query)  # a failed SELECT leaves the transaction be
-            else:
-                # Elsewhere an error would abort the user's transaction.
-                with conn.begin_nested():
-                    conn.execute(query)
-        except Exception:
-            logger.warning(
-                "flask-webhooks: table %r is missing (create it: db.create_all() "
-                "or a migration); deliveries are written one row each until then",
-                EVENTS_TABLE,
-            )
-            return False
-        return True
-
-    def write_chunks(
-        self, conn: sa.Connection, chunks: t.Iterable[Chunk]
-    ) -> tuple[list[str], list[t.Any]]:
-        """Write every chunk; return the ids of the ``pending`` deliveries and
-        the webhook id of each (in the same order)."""
-        ids: list[str] = []
-        keys: list[t.Any] = []
-        for chunk in chunks:
-            rows = chunk.rows
-            if rows:
-                # In key order, as the fan-out's copies (see _fan_out); the
-                # ids are enqueued in event order.
-                self.write(conn, sorted(rows, key=operator.itemgetter("id")))
-                for r in rows:
-                    if r["status"] == m.PENDING:
-                        ids.append(r["id"])
-                        keys.append(r["webhook_id"])
-            if chunk.staged:
-                self._fan_out(conn, chunk, ids, keys)
-        return ids, keys
-
-    def _fan_out(
-        self,
-        conn: sa.Connection,
-        chunk: Chunk,
-        ids: list[str],
-        keys: list[t.Any],
-    ) -> None:
-        dialect = conn.dialect
-        batch = new_uuid()
-        staged = chunk.staged
-        # Staged in the order of their ids (renumbered): each copy then adds
-        # to the delivery table's primary key index in key order, a sweep
-        # instead of random writes (SQLite: ten webhooks 2.74 -> 2.33 x).
-        in_key_order = (
-            (seq, *row[1:])
-            for seq, row in enumerate(sorted(staged, key=operator.itemgetter(2)))
-        )
-        sql, order = self._staging_statement(dialect)
-        if order is None:
-            params: list[t.Any] = [
-                dict(zip(_STAGED_COLUMNS, (batch, *row), strict=True))
-                for row in in_key_order
-            ]
-        else:
-            params = [
-                tuple(full[i] for i in order)
-                for full in ((batch, *row) for row in in_key_order)
-            ]
-        conn.exec_driver_sql(sql, params)
-        fan_out, delete = self._fanout_statements(dialect)
-        by_hook: dict[Hook, list[int]] = {}
-        for hooks, grp in chunk.groups.items():
-            for hook in hooks:
-                by_hook.setdefault(hook, []).append(grp)
-        everything = len(chunk.groups) == 1
-        for number, (hook, grps) in enumerate(by_hook.items()):
-            suffix = f"{number:03x}"
-            conn.execute(
-                fan_out,
-                {
-                    "batch": batch,
-                    "grps": grps,
-                    "id_suffix": suffix,
-                    "webhook_id": hook.id,
-                    "webhook_name": hook.name,
-                    "content_type": hook.content_type,
-                    "now": chunk.now,
-                },
-            )
-            # The ids just inserted: the staged rows of these groups.
-            if everything:
-                new = [row[2] + suffix for row in staged]
-            else:
-                wanted = set(grps)
-                new = [row[2] + suffix for row in staged if row[1] in wanted]
-            ids.extend(new)
-            keys.extend([hook.id] * len(new))
-        conn.execute(delete, {"batch": batch})
-
-    def _staging_statement(self, dialect: sa.Dialect) -> tuple[str, list[int] | None]:
-        """The staging INSERT for the driver, and the parameter order when
-        positional (indexes into :data:`_STAGED_COLUMNS`)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle)
-        found = self._staging_sql.get(key)
-        if found is None:
-            assert self.events is not None
-            compiled = sa.insert(self.events).compile(
-                dialect=dialect, column_keys=list(_STAGED_COLUMNS)
-            )
-            order = None
-            if compiled.positional:
-                order = [_STAGED_COLUMNS.index(k) for k in compiled.positiontup or ()]
-            found = (str(compiled), order)
-            with self._lock:
-                self._staging_sql[key] = found
-        return found
-
-    def _fanout_statements(self, dialect: sa.Dialect) -> tuple[sa.Insert, sa.Delete]:
-        """``INSERT INTO webhooks_delivery (...) SELECT ... FROM`` the staged
-        rows, for one webhook, and the staged rows' DELETE."""
-        found = self._fanout_sql.get(dialect.name)
-        if found is not None:
-            return found
-        D, E = self.table.c, t.cast(sa.Table, self.events)
-        now = sa.bindparam("now", type_=D.created_at.type)
-        values: dict[str, t.Any] = {
-            "id": E.c.id_prefix + sa.bindparam("id_suffix", type_=sa.String),
-            "webhook_id": sa.bindparam("webhook_id", type_=D.webhook_id.type),
-            "webhook_name": sa.bindparam("webhook_name", type_=D.webhook_name.type),
-            "event": E.c.event,
-            "model": E.c.model,
-            "object_id": E.c.object_id,
-            "request_id": E.c.request_id,
-            "username": E.c.username,
-            "status": sa.literal(m.PENDING, D.status.type),
-            "attempts": sa.literal(0, D.attempts.type),
-            "next_attempt_at": now,
-            "created_at": now,
-            "updated_at": now,
-            "completed_at": sa.null(),
-            "body": E.c.body,
-            "payload": sa.null(),
-            "content_type": sa.bindparam("content_type", type_=D.content_type.type),
-            "last_error": sa.null(),
-        }
-        select = sa.select(*values.values()).where(
-            E.c.batch == sa.bindparam("batch"),
-            E.c.grp.in_(sa.bindparam("grps", expanding=True)),
-        )
-        insert = sa.insert(self.table).from_select(
-            list(values), select, include_defaults=False
-        )
-        if dialect.name == "sqlite":
-            # One writer at a time: the staged rows are all ours, and a DELETE
-            # without WHERE frees their pages at once instead of row by row.
-            delete = sa.delete(E)
-        else:
-            delete = sa.delete(E).where(E.c.batch == sa.bindparam("batch"))
-        found = (insert, delete)
-        with self._lock:
-            self._fanout_sql[dialect.name] = found
-        return found
 
 
 #: Event name of test deliveries (the admin's "send test delivery", ``flask
@@ -475,25 +164,6 @@ class Chunk:
     staged: list[tuple[t.Any, ...]]
     groups: dict[tuple[Hook, ...], int]
     now: dt.datetime
-
-
-def build_rows(
-    journal: list[Entry],
-    index: Index,
-    *,
-    request_id: str,
-    username: str | None,
-) -> list[dict[str, t.Any]]:
-    """The delivery rows of a committing transaction, one per event x webhook.
-
-    See :func:`build_chunks`; this is the same without fan-out in SQL.
-    """
-    rows: list[dict[str, t.Any]] = []
-    for chunk in build_chunks(
-        journal, index, request_id=request_id, username=username, fanout=False
-    ):
-        rows.extend(chunk.rows)
-    return rows
 
 
 def build_chunks(
