@@ -79,7 +79,7 @@ class _Transaction:
     deleted: set[InstanceState[t.Any]] = field(default_factory=set)
     to_enqueue: list[str] = field(default_factory=list)
     #: The webhook id of each id in ``to_enqueue`` (batches group by webhook).
-    enqueue_keys: list[str | None] = field(default_factory=list)
+    enqueue_keys: list[t.Hashable] = field(default_factory=list)
 
 
 # -- listener registration ---------------------------------------------------

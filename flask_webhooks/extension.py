@@ -212,7 +212,7 @@ class WebhooksState:
         ids: t.Iterable[str],
         delay: float | None = None,
         *,
-        keys: t.Sequence[str | None] | None = None,
+        keys: t.Sequence[t.Hashable] | None = None,
     ) -> None:
         """Hand delivery ids to the queue (after their rows are committed).
 

@@ -204,7 +204,7 @@ def _enqueue(ext: WebhooksState, rows: list[tuple[str, t.Any]]) -> None:
     if rows:
         ext.enqueue(
             [i for i, _ in rows],
-            keys=[None if w is None else str(w) for _, w in rows],
+            keys=[w for _, w in rows],
         )
 
 

@@ -242,7 +242,7 @@ class DeliveryRecorder:
         ids: t.Iterable[str],
         delay: float | None = None,
         *,
-        keys: t.Sequence[str | None] | None = None,
+        keys: t.Sequence[t.Hashable] | None = None,
     ) -> None:
         ids = list(ids)
         if delay:

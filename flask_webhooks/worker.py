@@ -139,7 +139,7 @@ def enqueue(
     ids: t.Iterable[str],
     *,
     delay: float | None = None,
-    keys: t.Sequence[str | None] | None = None,
+    keys: t.Sequence[t.Hashable] | None = None,
 ) -> None:
     """Hand delivery ids to the queue (after their rows are committed).
 
@@ -172,7 +172,7 @@ def enqueue(
 
 
 def batches(
-    ids: t.Sequence[str], keys: t.Sequence[str | None] | None, size: int
+    ids: t.Sequence[str], keys: t.Sequence[t.Hashable] | None, size: int
 ) -> list[list[str]]:
     """Split ``ids`` into the groups that become one task each.
 
@@ -185,7 +185,7 @@ def batches(
         return [[i] for i in ids]
     if len(keys) != len(ids):
         raise ValueError("enqueue: keys must match ids one to one")
-    groups: dict[str | None, list[str]] = {}
+    groups: dict[t.Hashable, list[str]] = {}
     for delivery_id, key in zip(ids, keys, strict=True):
         groups.setdefault(key, []).append(delivery_id)
     out: list[list[str]] = []
