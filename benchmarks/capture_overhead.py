@@ -56,6 +56,7 @@ def build(
     workdir: str,
     queue: str = "memory",
     redis_url: str = bl.DEFAULT_REDIS_URL,
+    index_ttl: float = 0.0,
 ) -> dict[str, bl.Setup]:
     """The setups, each with its own app, db and (extension on) queue.
 
@@ -82,6 +83,7 @@ def build(
             workdir=workdir,
             schema=f"{tag}_{name}",
             huey=huey,
+            config={"WEBHOOKS_INDEX_TTL": index_ttl},
             **SETUPS[name],
         )
     return setups
@@ -226,6 +228,13 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     )
     parser.add_argument("--redis-url", default=bl.DEFAULT_REDIS_URL)
     parser.add_argument(
+        "--index-ttl",
+        type=float,
+        default=0.0,
+        help="WEBHOOKS_INDEX_TTL of the extension setups (default 0: checked "
+        "in every commit)",
+    )
+    parser.add_argument(
         "--profile",
         choices=sorted(SETUPS),
         help="cProfile this setup (after the measurement) and print the hot spots",
@@ -246,7 +255,14 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-capture-") as workdir:
-        setups = build(SETUPS, args.database_url, workdir, args.queue, args.redis_url)
+        setups = build(
+            SETUPS,
+            args.database_url,
+            workdir,
+            args.queue,
+            args.redis_url,
+            args.index_ttl,
+        )
         try:
             names = list(SETUPS)
             # Warm-up (not recorded): caches, compiled statements, the index.
@@ -307,7 +323,13 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
             for s in setups.values():
                 s.close()
 
-    result.update(database=database, queue=args.queue, objects=n, rounds=args.rounds)
+    result.update(
+        database=database,
+        queue=args.queue,
+        objects=n,
+        rounds=args.rounds,
+        index_ttl=args.index_ttl,
+    )
     print()
     bl.emit_json(result)
     return result

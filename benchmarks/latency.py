@@ -93,6 +93,13 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         "--gap", type=float, default=0.05, help="mean pause between events (s)"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--index-ttl",
+        type=float,
+        default=0.0,
+        help="WEBHOOKS_INDEX_TTL of the committing app (default 0: the webhook "
+        "index is checked in every commit)",
+    )
     args = parser.parse_args(argv)
 
     info = bl.machine_info(
@@ -121,7 +128,15 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         session = requests.Session()
         session.trust_env = False
         try:
-            s = bl.driver_setup(url, workdir, receiver.url, queue, huey_name, schema)
+            s = bl.driver_setup(
+                url,
+                workdir,
+                receiver.url,
+                queue,
+                huey_name,
+                schema,
+                config={"WEBHOOKS_INDEX_TTL": args.index_ttl},
+            )
             assert s.webhooks is not None
             env = bl.bench_env(
                 database_url=url, schema=schema, queue=queue, huey_name=huey_name
@@ -239,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         "queue": args.queue,
         "database": database,
         "events": args.events,
+        "index_ttl": args.index_ttl,
     }
     print()
     bl.emit_json(result)

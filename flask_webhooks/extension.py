@@ -55,6 +55,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_SWEEP_INTERVAL": 60,
     "WEBHOOKS_LEASE_MARGIN": 30.0,
     "WEBHOOKS_DELIVERY_BATCH_SIZE": 50,
+    "WEBHOOKS_INDEX_TTL": 0.0,
 }
 
 
@@ -76,6 +77,7 @@ class Config:
     sweep_interval: float
     lease_margin: float = 30.0
     delivery_batch_size: int = 50
+    index_ttl: float = 0.0
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:
@@ -126,6 +128,7 @@ class Config:
             sweep_interval=number("WEBHOOKS_SWEEP_INTERVAL", float, 1),
             lease_margin=number("WEBHOOKS_LEASE_MARGIN", float, 0),
             delivery_batch_size=number("WEBHOOKS_DELIVERY_BATCH_SIZE", int, 1),
+            index_ttl=number("WEBHOOKS_INDEX_TTL", float, 0),
         )
 
 
@@ -148,7 +151,7 @@ class WebhooksState:
         self.huey = huey
         self.config = config
         self.registry = ext.registry
-        self.index_cache = IndexCache(models.Webhook.__table__)
+        self.index_cache = IndexCache(models.Webhook.__table__, config.index_ttl)
         self.outbox = OutboxWriter(
             models.Delivery.__table__, models.OutboxEvent.__table__
         )
@@ -469,11 +472,28 @@ def _validate_webhooks(
     database and the session stays usable: fix the fields and commit again,
     or roll back.
     """
+    changed = False
     for obj in (*session.new, *session.dirty):
         if isinstance(obj, m.WebhookBase):
+            changed = True
             errors = obj.validate()
             if errors:
                 raise WebhookValidationError(errors)
+    if changed or any(isinstance(obj, m.WebhookBase) for obj in session.deleted):
+        session.info[_WEBHOOKS_FLUSHED] = True
+
+
+#: ``session.info`` key: this transaction flushed webhook changes.
+_WEBHOOKS_FLUSHED = "flask_webhooks.webhooks_flushed"
+
+
+def _expire_index(session: Session, *args: t.Any) -> None:
+    """After a transaction that flushed webhook changes ends (committed or
+    rolled back), this process's capture index checks the database again."""
+    if session.info.pop(_WEBHOOKS_FLUSHED, None):
+        from .index import expire_all
+
+        expire_all()
 
 
 def _detach_deliveries(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
@@ -492,5 +512,8 @@ def _install_webhook_validation(webhook_cls: type[t.Any], session: t.Any) -> Non
     when it is deleted."""
     if not event.contains(session, "before_flush", _validate_webhooks):
         event.listen(session, "before_flush", _validate_webhooks)
+    for name in ("after_commit", "after_soft_rollback"):
+        if not event.contains(session, name, _expire_index):
+            event.listen(session, name, _expire_index)
     if not event.contains(webhook_cls, "before_delete", _detach_deliveries):
         event.listen(webhook_cls, "before_delete", _detach_deliveries)

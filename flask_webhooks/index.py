@@ -4,13 +4,19 @@ Built from the ``webhooks_webhook`` rows and cached per process. Each
 committing transaction that touches a registered model checks it with one
 small query (ids and ``updated_at`` of enabled webhooks) and reloads the
 rows only when that changed, so capture never runs a query per object.
+
+With ``WEBHOOKS_INDEX_TTL`` the check runs at most once per TTL: webhook
+changes committed by this process still apply from the next transaction
+(they expire the cache), changes made by other processes within the TTL.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import typing as t
+import weakref
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -141,11 +147,30 @@ class Index:
         return index
 
 
-class IndexCache:
-    """Per-process cache of the :class:`Index`, checked once per transaction."""
+#: Every cache of this process, to expire them after a local webhook change.
+_CACHES: weakref.WeakSet[IndexCache] = weakref.WeakSet()
 
-    def __init__(self, table: sa.Table) -> None:
+
+def expire_all() -> None:
+    """Make every index cache of this process check the database again at
+    its next use (called after a commit that changed webhooks)."""
+    for cache in list(_CACHES):
+        cache.expire()
+
+
+class IndexCache:
+    """Per-process cache of the :class:`Index`, checked once per transaction,
+    or at most once per ``ttl`` seconds.
+
+    :param ttl: seconds a checked index is trusted without asking the
+        database again; 0 checks in every committing transaction.
+    """
+
+    def __init__(self, table: sa.Table, ttl: float = 0.0) -> None:
         self.table = table
+        self.ttl = ttl
+        self._checked_at = float("-inf")
+        _CACHES.add(self)
         self._lock = threading.Lock()
         self._index = Index()
         self._verified: set[t.Any] = set()
@@ -160,6 +185,9 @@ class IndexCache:
 
     def get(self, connection: sa.Connection) -> Index:
         """The current index, read through ``connection`` (the user's transaction)."""
+        if self.ttl > 0 and time.monotonic() - self._checked_at < self.ttl:
+            return self._index
+        checked_at = time.monotonic()
         engine = connection.engine
         if engine in self._verified or connection.dialect.name == "sqlite":
             signature = tuple(
@@ -175,13 +203,20 @@ class IndexCache:
             self._verified.add(engine)
         index = self._index
         if signature == index.signature and (signature or not index.hooks):
+            self._checked_at = checked_at
             return index
         rows = connection.execute(self._rows_query).all()
         index = Index.build(signature, rows)
         with self._lock:
             self._index = index
+            self._checked_at = checked_at
         return index
+
+    def expire(self) -> None:
+        """Check the database again at the next use (the cached index stays)."""
+        self._checked_at = float("-inf")
 
     def invalidate(self) -> None:
         with self._lock:
             self._index = Index()
+            self._checked_at = float("-inf")

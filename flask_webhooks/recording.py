@@ -202,6 +202,11 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
         for a in successes.values():
             record_health(ext, conn, a.hook, m.SUCCEEDED, a.finished_at, None)
     disabled = [reasons.get(id(a)) for a in attempts]
+    if any(disabled):
+        # Committed: capture stops matching the webhook at once in this process.
+        from .index import expire_all
+
+        expire_all()
     outcomes = []
     for a, reason in zip(attempts, disabled, strict=True):
         if not owned[id(a)]:
