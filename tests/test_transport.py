@@ -1,4 +1,5 @@
-"""Tests for flask_webhooks.transport (the HTTP layer) and
+"""Tests for flask_webhooks.transport (the HTTP layer),
+flask_webhooks.httpmessage (what is sent, how failures are described) and
 flask_webhooks.urlpolicy (where requests may go).
 
 Every byte these tests send goes to 127.0.0.1. An autouse fixture wraps the
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from flask_webhooks import httpmessage
 from flask_webhooks import transport
 from flask_webhooks import urlpolicy
 from flask_webhooks.testing import Answer
@@ -298,6 +300,13 @@ def test_parse_retry_after() -> None:
     for bad in (None, "", "-5", "soon", "nan", "inf", "1e3"):
         assert parse_retry_after(bad, now) is None
     assert HTTPResult(200).retry_after is None
+
+
+def test_message_names_are_importable_from_transport_too() -> None:
+    """parse_retry_after moved to flask_webhooks.httpmessage; old imports work."""
+    for name in httpmessage.__all__:
+        assert name in transport.__all__
+        assert getattr(transport, name) is getattr(httpmessage, name)
 
 
 def test_env_proxies_are_ignored(

@@ -1,0 +1,270 @@
+"""HTTP message logic for webhook deliveries: what is sent, and what went wrong.
+
+The pure, connection-free half of :mod:`flask_webhooks.transport`: parsing a
+webhook URL into the request target, building and checking the header block,
+reading a ``Retry-After`` answer and describing a failed exchange (an
+exception from urllib3 or the socket layer) as an ``error_kind`` and a
+message. Nothing here opens a socket, holds state beyond small caches, or
+knows about Flask or the database; :mod:`flask_webhooks.transport` owns the
+connection pools, TLS and timeouts and calls into this module.
+
+:func:`parse_retry_after` is also importable from
+:mod:`flask_webhooks.transport`.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import email.utils
+import functools
+import http.client
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+from urllib.parse import urlsplit
+
+import urllib3.exceptions
+from urllib3.exceptions import ConnectTimeoutError
+from urllib3.exceptions import NewConnectionError
+from urllib3.util import parse_url
+
+from .urlpolicy import BlockedAddress
+
+if TYPE_CHECKING:
+    # For annotations only: transport imports this module.
+    from .transport import HTTPRequest
+
+__all__ = ["parse_retry_after"]
+
+_DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header into seconds from ``now``.
+
+    Accepts delta-seconds (``"120"``) and an HTTP-date
+    (``"Wed, 21 Oct 2015 07:28:00 GMT"``). A date in the past gives ``0.0``;
+    the result is never negative. Missing or unparsable values give None.
+
+    :param value: the header value.
+    :param now: the reference time as a Unix timestamp (default: now).
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        parsed = email.utils.parsedate_tz(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    # parsedate_tz gives None for the offset when the date names none; HTTP
+    # dates are always GMT, so treat that as UTC.
+    when = calendar.timegm(parsed[:9]) - (parsed[9] or 0)
+    reference = time.time() if now is None else now
+    return max(0.0, when - reference)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps (causes, contexts, reasons, args)."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked: list[object] = [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            *current.args,
+        ]
+        stack.extend(e for e in reversed(linked) if isinstance(e, BaseException))
+
+
+def _find(
+    exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    for item in _causes(exc):
+        if isinstance(item, kind):
+            return item
+    return None
+
+
+_INVALID = (
+    urllib3.exceptions.LocationValueError,
+    http.client.InvalidURL,
+)
+
+
+def _classify(exc: BaseException, request: HTTPRequest) -> tuple[str, str]:
+    """Map an exception from urllib3 or the socket layer to ``(error_kind, message)``.
+
+    Pools run with ``retries=False``, so urllib3 raises the error it met
+    (possibly wrapped in a :class:`~urllib3.exceptions.ProtocolError`), never
+    a ``MaxRetryError``.
+    """
+    blocked = _find(exc, BlockedAddress)
+    if blocked is not None:
+        return "blocked", str(blocked)
+    invalid = _find(exc, _INVALID)
+    if invalid is not None:
+        return "invalid_url", f"invalid request: {invalid}"
+    # NewConnectionError subclasses ConnectTimeoutError; it is no timeout.
+    connect_timeout = _find(exc, ConnectTimeoutError)
+    if connect_timeout is not None and not isinstance(
+        connect_timeout, NewConnectionError
+    ):
+        return "timeout", f"connect timed out after {request.connect_timeout} s"
+    if _find(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+        return "timeout", f"read timed out after {request.read_timeout} s"
+    tls = _find(exc, (ssl.SSLError, ssl.CertificateError))
+    if tls is None:
+        tls = _find(exc, urllib3.exceptions.SSLError)
+    if tls is not None:
+        detail = getattr(tls, "verify_message", None) or tls
+        return "tls", f"TLS error: {detail}"
+    if _find(exc, ConnectionRefusedError):
+        return "connect", "connection refused"
+    resolution = _find(exc, socket.gaierror)
+    if resolution is not None:
+        host = urlsplit(request.url).hostname
+        return "connect", f"could not resolve {host}: {resolution}"
+    if _find(exc, ConnectionResetError):
+        return "connect", "connection reset by the server"
+    if _find(exc, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)):
+        return "connect", "connection closed before the response body was complete"
+    if _find(exc, http.client.RemoteDisconnected):
+        return "connect", "connection closed by the server without a response"
+    innermost = list(_causes(exc))[-1]
+    return "connect", f"connection failed: {innermost}"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a URL sends its requests; parsed once per distinct URL."""
+
+    scheme: str
+    host: str
+    port: int
+    #: The request target: path and query, percent-encoded.
+    path: str
+    #: ``Basic ...`` credentials from ``user:password@`` in the URL, or None.
+    authorization: str | None
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_target(url: str) -> _Target | str:
+    """Parse ``url`` into a :class:`_Target`, or return why it cannot be sent.
+
+    Cached: a webhook sends to the same URL again and again.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        return f"invalid URL {url!r}: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"invalid URL {url!r}: scheme must be http or https"
+    if not parts.hostname:
+        return f"invalid URL {url!r}: no host"
+    try:
+        # Lower-cases the host, IDNA-encodes it and percent-encodes what a
+        # path or query may not contain (what requests did, with this very
+        # function).
+        parsed = parse_url(url.lstrip())
+    except urllib3.exceptions.LocationParseError as exc:
+        return f"invalid request: {exc}"
+    host = parsed.host
+    if not host:
+        return f"invalid URL {url!r}: no host"
+    if host.startswith(("*", ".")):
+        return f"invalid request: Invalid URL {url!r}: Invalid host label"
+    scheme = parts.scheme
+    authorization = None
+    if parts.username is not None and parts.password is not None:
+        # Credentials in the URL become Basic auth, as requests did.
+        username, password = unquote(parts.username), unquote(parts.password)
+        if username or password:
+            try:
+                token = f"{username}:{password}".encode("latin-1")
+            except UnicodeEncodeError:
+                return "invalid URL: the user name or password is not Latin-1 text"
+            authorization = "Basic " + base64.b64encode(token).decode("ascii")
+    return _Target(
+        scheme,
+        host,
+        parsed.port or (443 if scheme == "https" else 80),
+        parsed.request_uri,
+        authorization,
+    )
+
+
+_HEADER_NAME = re.compile(r"[^:\s][^:\r\n]*")
+_HEADER_VALUE = re.compile(r"\S[^\r\n]*|")
+#: Framing is the transport's: the body is bytes, its length is known.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
+def _build_headers(
+    given: Mapping[str, str], authorization: str | None
+) -> dict[str, str]:
+    """The headers to send: ``given``, checked, plus the transport's defaults.
+
+    :raises ValueError: a name or value could split the header block (the
+        check and message are requests' ``InvalidHeader``).
+    """
+    headers: dict[str, str] = {}
+    accept = accept_encoding = True
+    for name, value in given.items():
+        for kind, part, pattern in (
+            ("name", name, _HEADER_NAME),
+            ("value", value, _HEADER_VALUE),
+        ):
+            if not isinstance(part, str) or pattern.fullmatch(part) is None:
+                raise ValueError(
+                    "Invalid leading whitespace, reserved character(s), or return "
+                    f"character(s) in header {kind}: {part!r}"
+                )
+        lower = name.lower()
+        if lower in _FRAMING_HEADERS or (
+            authorization is not None and lower == "authorization"
+        ):
+            continue
+        if lower == "accept":
+            accept = False
+        elif lower == "accept-encoding":
+            accept_encoding = False
+        headers[name] = value
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    if accept or accept_encoding:
+        # What requests sent by default. Compressed answers are decoded when
+        # read, so asking for them costs nothing but CPU when a receiver
+        # actually compresses.
+        defaults: dict[str, str] = {}
+        if accept_encoding:
+            defaults["Accept-Encoding"] = "gzip, deflate"
+        if accept:
+            defaults["Accept"] = "*/*"
+        defaults.update(headers)
+        headers = defaults
+    return headers
+
+
+#: Methods sent without ``Content-Length`` when the body is empty (requests'
+#: rule; every other method sends ``Content-Length: 0``).
+_BODYLESS_METHODS = frozenset({"GET", "HEAD"})
