@@ -93,14 +93,14 @@ def worker_info(state: WebhooksState) -> WorkerInfo:
 
 
 def _heartbeats(state: WebhooksState) -> list[dict[str, t.Any]] | None:
-    """Worker heartbeats, if the worker module records them (else None: unknown).
+    """Worker heartbeats, if the sweeper module records them (else None: unknown).
 
-    Expected: ``flask_webhooks.worker.heartbeats(state)`` returning dicts with
+    Expected: ``flask_webhooks.sweeper.heartbeats(state)`` returning dicts with
     at least ``name`` and ``last_seen`` (aware datetime).
     """
-    from . import worker
+    from . import sweeper
 
-    reader = getattr(worker, "heartbeats", None)
+    reader = getattr(sweeper, "heartbeats", None)
     if reader is None:
         return None
     try:

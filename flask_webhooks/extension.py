@@ -222,7 +222,7 @@ class WebhooksState:
         :param keys: the webhook id of each delivery, in the order of ``ids``:
             many deliveries of one webhook then travel as batch tasks.
         """
-        from .worker import enqueue
+        from .tasks import enqueue
 
         enqueue(self, ids, delay=delay, keys=keys)
 
@@ -326,7 +326,7 @@ class Webhooks:
 
             huey = make_huey(config.queue_url, app.instance_path)
         state = WebhooksState(self, app, db, models, huey, config)
-        from .worker import register_tasks
+        from .tasks import register_tasks
 
         register_tasks(state)
         app.extensions["webhooks"] = state

@@ -1,9 +1,6 @@
-"""Huey tasks, the sweeper, embedded consumer threads and the dedicated worker.
+"""Embedded consumer threads and the dedicated worker that run deliveries.
 
-Tasks are registered on the app's Huey instance by ``init_app``; a worker
-process must therefore load the app (``flask webhooks worker`` does).
-
-Two ways to run deliveries:
+Two ways to run them:
 
 * **Embedded workers** (SQLite and memory queues): consumer threads inside the
   web process, started lazily by the first enqueue or request (never at
@@ -14,19 +11,19 @@ Two ways to run deliveries:
   consumer with the app loaded, threads or processes, stopping gracefully on
   SIGTERM and SIGINT.
 
-Both run a :class:`Sweeper` every ``WEBHOOKS_SWEEP_INTERVAL`` seconds, which
-enqueues what a lost enqueue, a flushed queue or a dead worker left behind,
-and records a heartbeat that :func:`heartbeats` reads back for the admin.
+Both run a :class:`~flask_webhooks.sweeper.Sweeper`, which also records the
+worker heartbeat. The tasks they execute are registered by
+:mod:`flask_webhooks.tasks`; :func:`enqueue`, :func:`register_tasks`,
+:class:`Sweeper`, :func:`heartbeats` and their constants are re-exported here
+for code that imported them from this module.
 """
 
 from __future__ import annotations
 
 import atexit
-import datetime as dt
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,14 +34,22 @@ from huey.consumer import Consumer
 from huey.consumer import ConsumerStopped
 from huey.consumer import Worker
 
-from . import models as m
-from .delivery import deliver
-from .delivery import deliver_batch
 from .delivery import lease_seconds
 from .queue import backend_name
-from .queue import enqueue_many
 from .queue import is_blocking
-from .sweeping import sweep
+from .sweeper import HEARTBEAT_EXPIRY as HEARTBEAT_EXPIRY
+from .sweeper import HEARTBEAT_PREFIX as HEARTBEAT_PREFIX
+from .sweeper import heartbeats as heartbeats
+from .sweeper import SWEEP_HOLD_INTERVALS as SWEEP_HOLD_INTERVALS
+from .sweeper import Sweeper as Sweeper
+from .tasks import _close_thread_transport
+from .tasks import BATCH_THRESHOLD as BATCH_THRESHOLD
+from .tasks import batches as batches
+from .tasks import DELIVER_BATCH_TASK as DELIVER_BATCH_TASK
+from .tasks import DELIVER_TASK as DELIVER_TASK
+from .tasks import enqueue as enqueue
+from .tasks import register_tasks as register_tasks
+from .tasks import SWEEP_TASK as SWEEP_TASK
 
 if t.TYPE_CHECKING:
     import huey as huey_mod
@@ -54,272 +59,13 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger("flask_webhooks.worker")
 
-DELIVER_TASK = "deliver"
-DELIVER_BATCH_TASK = "deliver_batch"
-SWEEP_TASK = "sweep"
-#: An enqueue with at least this many deliveries of one webhook (a burst:
-#: a bulk change, a backlog) sends them as batch tasks of up to
-#: ``WEBHOOKS_DELIVERY_BATCH_SIZE`` deliveries; smaller groups get one task
-#: per delivery, so they are sent in parallel by several worker threads.
-BATCH_THRESHOLD = 10
-#: Key prefix of worker heartbeats in the queue's key-value store.
-HEARTBEAT_PREFIX = "flask-webhooks.worker."
-#: Heartbeats not refreshed for this long are deleted when a worker starts.
-HEARTBEAT_EXPIRY = dt.timedelta(days=1)
-#: A row the periodic sweeper enqueued is not enqueued again for this many
-#: sweep intervals (unless a worker picks it up and it becomes due again).
-SWEEP_HOLD_INTERVALS = 3
 #: Longest sleep of an idle worker thread between polls of a non-blocking
 #: queue (SQLite). Embedded threads are also woken by every local enqueue.
 POLL_MAX_DELAY = 1.0
 #: Longest back-off of a worker thread while a blocking queue (Redis) is down.
 BLOCKING_MAX_DELAY = 5.0
 
-_TRANSPORT_HOOK = "flask_webhooks.close_transport"
 _FORK_HOOK = "flask_webhooks.after_fork"
-
-
-def register_tasks(state: WebhooksState) -> None:
-    """Register the ``deliver`` and ``sweep`` tasks on the app's Huey.
-
-    Also closes each worker thread's HTTP session when the thread stops, and,
-    for queues served by embedded workers, starts them on the first request.
-    """
-    huey = state.huey
-    app = state.app
-    key = f"{__name__}.{DELIVER_TASK}"
-    if key in huey._registry._registry:
-        raise RuntimeError(
-            "this Huey instance already runs flask-webhooks tasks for another app; "
-            "give each app its own Huey (or WEBHOOKS_QUEUE_URL)"
-        )
-
-    @huey.task(name=DELIVER_TASK)
-    def deliver_task(delivery_id: str) -> None:
-        with app.app_context():
-            deliver(state, delivery_id)
-
-    @huey.task(name=DELIVER_BATCH_TASK)
-    def deliver_batch_task(delivery_ids: list[str]) -> None:
-        with app.app_context():
-            deliver_batch(state, delivery_ids)
-
-    @huey.task(name=SWEEP_TASK)
-    def sweep_task() -> None:
-        with app.app_context():
-            sweep(state)
-
-    @huey.on_shutdown(name=_TRANSPORT_HOOK)
-    def close_transport() -> None:
-        _close_thread_transport(state)
-
-    state.deliver_task = deliver_task
-    state.deliver_batch_task = deliver_batch_task
-    state.sweep_task = sweep_task
-
-    if backend_name(huey) in ("memory", "sqlite") and state.config.embedded_workers > 0:
-
-        @app.before_request
-        def start_embedded() -> None:
-            # Queued deliveries from before a restart go out without waiting
-            # for the next commit.
-            if state.workers is None:
-                start_embedded_workers(state)
-
-
-def _close_thread_transport(state: WebhooksState) -> None:
-    """Close the calling thread's pooled HTTP session, if it has one."""
-    transport = state.__dict__.get("_transport")
-    if transport is not None:
-        transport.close()
-
-
-def enqueue(
-    state: WebhooksState,
-    ids: t.Iterable[str],
-    *,
-    delay: float | None = None,
-    keys: t.Sequence[t.Hashable] | None = None,
-) -> None:
-    """Hand delivery ids to the queue (after their rows are committed).
-
-    Many ids cost one round trip per batch where the backend allows it (a
-    Redis ``LPUSH`` of many messages, one SQLite transaction). With ``keys``
-    (the webhook id of each delivery) a webhook's burst of at least
-    :data:`BATCH_THRESHOLD` deliveries goes as batch tasks (see
-    :func:`batches`). With ``delay`` the tasks go to the queue's schedule.
-    Starts embedded workers on first use and wakes idle ones.
-    """
-    id_list = [str(i) for i in ids]
-    if not id_list:
-        return
-    if state.workers is None:
-        start_embedded_workers(state)
-    task = state.deliver_task
-    if delay:
-        for delivery_id in id_list:
-            task.schedule(args=(delivery_id,), delay=delay)
-    else:
-        batch_task = state.deliver_batch_task
-        tasks = [
-            task.s(group[0]) if len(group) == 1 else batch_task.s(group)
-            for group in batches(id_list, keys, state.config.delivery_batch_size)
-        ]
-        enqueue_many(state.huey, tasks)
-    workers = state.workers
-    if workers:
-        workers.wake()
-
-
-def batches(
-    ids: t.Sequence[str], keys: t.Sequence[t.Hashable] | None, size: int
-) -> list[list[str]]:
-    """Split ``ids`` into the groups that become one task each.
-
-    Deliveries are grouped by their key (webhook); a group of at least
-    :data:`BATCH_THRESHOLD` is cut into near-equal batches of at most
-    ``size``, smaller groups into single deliveries. Order is kept: a
-    webhook's batches come where its first delivery was.
-    """
-    if keys is None or size <= 1 or len(ids) < BATCH_THRESHOLD:
-        return [[i] for i in ids]
-    if len(keys) != len(ids):
-        raise ValueError("enqueue: keys must match ids one to one")
-    groups: dict[t.Hashable, list[str]] = {}
-    for delivery_id, key in zip(ids, keys, strict=True):
-        groups.setdefault(key, []).append(delivery_id)
-    out: list[list[str]] = []
-    for delivery_id, key in zip(ids, keys, strict=True):
-        group = groups[key]
-        if len(group) < BATCH_THRESHOLD:
-            out.append([delivery_id])
-        elif group[0] == delivery_id:  # the whole burst, where it starts
-            count = -(-len(group) // size)
-            step = -(-len(group) // count)
-            out.extend(group[i : i + step] for i in range(0, len(group), step))
-    return out
-
-
-# -- the sweeper and heartbeats -----------------------------------------------
-
-
-class Sweeper:
-    """Runs the periodic sweep in a thread and records the worker heartbeat.
-
-    Every ``WEBHOOKS_SWEEP_INTERVAL`` seconds (and once at start) it enqueues
-    deliveries that have been due for at least one interval and are not
-    leased, marking them so other sweepers skip them for
-    :data:`SWEEP_HOLD_INTERVALS` intervals.
-    """
-
-    def __init__(self, state: WebhooksState, *, kind: str, **info: t.Any) -> None:
-        self.state = state
-        self.interval = float(state.config.sweep_interval)
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{kind}"
-        self.info: dict[str, t.Any] = {
-            "name": self.name,
-            "kind": kind,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started_at": m.utcnow(),
-            **info,
-        }
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @property
-    def key(self) -> str:
-        return HEARTBEAT_PREFIX + self.name
-
-    def start(self) -> None:
-        """Start the sweeper thread (a daemon)."""
-        self._thread = threading.Thread(
-            target=self._run, name="flask-webhooks-sweeper", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float | None = 10.0) -> None:
-        """Stop the thread and remove this worker's heartbeat."""
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        try:
-            self.state.huey.delete(self.key)
-        except Exception:
-            logger.debug(
-                "flask-webhooks: could not remove the heartbeat", exc_info=True
-            )
-
-    def run_once(self) -> int:
-        """One periodic sweep; returns how many deliveries it enqueued."""
-        with self.state.app.app_context():
-            return sweep(
-                self.state,
-                older_than=self.interval,
-                hold=self.interval * SWEEP_HOLD_INTERVALS,
-            )
-
-    def beat(self, swept: int | None) -> None:
-        """Record that this worker is alive (in the queue's key-value store)."""
-        now = m.utcnow()
-        self.info.update(last_seen=now, last_sweep=swept)
-        self.state.huey.put(self.key, dict(self.info))
-
-    def _run(self) -> None:
-        try:
-            _prune_heartbeats(self.state)
-        except Exception:
-            logger.debug("flask-webhooks: could not prune heartbeats", exc_info=True)
-        while True:
-            swept: int | None = None
-            try:
-                swept = self.run_once()
-                if swept:
-                    logger.info(
-                        "flask-webhooks: sweep enqueued %d due deliveries", swept
-                    )
-            except Exception:
-                logger.exception(
-                    "flask-webhooks: sweep failed; trying again in %g s", self.interval
-                )
-            try:
-                self.beat(swept)
-            except Exception:
-                logger.debug("flask-webhooks: heartbeat failed", exc_info=True)
-            if self._stop.wait(self.interval):
-                return
-
-
-def heartbeats(state: WebhooksState) -> list[dict[str, t.Any]]:
-    """Heartbeats of the workers (embedded and dedicated) using this queue.
-
-    Each is a dict with ``name`` (``host:pid:kind``), ``kind``
-    (``embedded``/``dedicated``), ``host``, ``pid``, ``workers``,
-    ``worker_type``, ``started_at``, ``last_seen`` (aware datetimes) and
-    ``last_sweep`` (deliveries the last sweep enqueued, None if it failed).
-    A worker that stopped gracefully removes its heartbeat; a killed one
-    stays until it is a day old.
-    """
-    huey = state.huey
-    beats: list[dict[str, t.Any]] = []
-    for key, raw in huey.storage.result_items().items():
-        if not str(key).startswith(HEARTBEAT_PREFIX):
-            continue
-        try:
-            value = huey.serializer.deserialize(raw)
-        except Exception:
-            continue
-        if isinstance(value, dict):
-            beats.append(value)
-    return beats
-
-
-def _prune_heartbeats(state: WebhooksState) -> None:
-    cutoff = m.utcnow() - HEARTBEAT_EXPIRY
-    for beat in heartbeats(state):
-        seen = beat.get("last_seen")
-        if seen is not None and seen < cutoff:
-            state.huey.delete(HEARTBEAT_PREFIX + str(beat.get("name")))
 
 
 # -- embedded workers ------------------------------------------------------------

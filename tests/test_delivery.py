@@ -35,10 +35,10 @@ from flask_webhooks.delivery import retry_delay
 from flask_webhooks.signing import generate_secret
 from flask_webhooks.sweeping import requeue
 from flask_webhooks.sweeping import sweep
+from flask_webhooks.tasks import BATCH_THRESHOLD
+from flask_webhooks.tasks import batches
 from flask_webhooks.testing import Answer
 from flask_webhooks.testing import RecordingReceiver
-from flask_webhooks.worker import BATCH_THRESHOLD
-from flask_webhooks.worker import batches
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 from standardwebhooks.webhooks import WebhookVerificationError
 

@@ -14,10 +14,11 @@ import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
 from flask_webhooks.queue import make_huey
+from flask_webhooks.sweeper import heartbeats
+from flask_webhooks.tasks import BATCH_THRESHOLD
 from flask_webhooks.testing import Answer
 from flask_webhooks.testing import RecordingReceiver
 from flask_webhooks.worker import EmbeddedWorkers
-from flask_webhooks.worker import heartbeats
 from flask_webhooks.worker import start_embedded_workers
 from flask_webhooks.worker import stop_embedded_workers
 
@@ -257,6 +258,29 @@ def test_many_ids_go_to_a_sqlite_queue_in_one_transaction_in_order(
 
 
 # -- the dedicated worker process -------------------------------------------------
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "config", [{"WEBHOOKS_QUEUE_URL": "memory://", "WEBHOOKS_EMBEDDED_WORKERS": 0}]
+)
+def test_queued_tasks_keep_their_names(webhooks, state):
+    # Queued messages name their task: messages left in a queue by an older
+    # version must still run after an upgrade, wherever the code now lives.
+    state.enqueue(["one"])
+    state.enqueue(
+        [f"b{i}" for i in range(BATCH_THRESHOLD)], keys=["w"] * BATCH_THRESHOLD
+    )
+    state.sweep_task()
+    huey = state.huey
+    names = []
+    while (raw := huey.storage.dequeue()) is not None:
+        names.append(huey.serializer.deserialize(raw).name)
+    assert names == [
+        "flask_webhooks.worker.deliver",
+        "flask_webhooks.worker.deliver_batch",
+        "flask_webhooks.worker.sweep",
+    ]
 
 
 @sqlite_only
