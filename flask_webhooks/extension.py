@@ -463,6 +463,10 @@ class Webhooks:
         init_admin(self, admin, **kwargs)
 
 
+#: ``session.info`` key: this transaction flushed webhook changes.
+_WEBHOOKS_FLUSHED = "flask_webhooks.webhooks_flushed"
+
+
 def _validate_webhooks(
     session: Session, flush_context: t.Any, instances: t.Any
 ) -> None:
@@ -481,10 +485,6 @@ def _validate_webhooks(
                 raise WebhookValidationError(errors)
     if changed or any(isinstance(obj, m.WebhookBase) for obj in session.deleted):
         session.info[_WEBHOOKS_FLUSHED] = True
-
-
-#: ``session.info`` key: this transaction flushed webhook changes.
-_WEBHOOKS_FLUSHED = "flask_webhooks.webhooks_flushed"
 
 
 def _expire_index(session: Session, *args: t.Any) -> None:

@@ -215,8 +215,3 @@ class IndexCache:
     def expire(self) -> None:
         """Check the database again at the next use (the cached index stays)."""
         self._checked_at = float("-inf")
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._index = Index()
-            self._checked_at = float("-inf")

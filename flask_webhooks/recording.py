@@ -155,18 +155,19 @@ def _insert_statement(table: sa.Table) -> t.Any:
 
 
 def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
-    """Write ``attempts`` in one transaction, then schedule retries and send
-    signals. Returns one :class:`Outcome` per attempt, in order."""
+    """Write ``attempts`` (of different deliveries) in one transaction, then
+    schedule retries and send signals. Returns one :class:`Outcome` per
+    attempt, in order."""
     D = ext.models.Delivery.__table__
     sent = [a for a in attempts if a.sent]
     history = [_history_row(a) for a in sent]
-    owned: dict[int, bool] = {}
+    owned: dict[str, bool] = {}
     with ext.engine().begin() as conn:
         if sent:
             owned.update(_write_results(conn, D, sent))
         for a in attempts:
             if not a.sent:
-                owned[id(a)] = (
+                owned[a.delivery_id] = (
                     conn.execute(
                         _unsent_statement(D),
                         {
@@ -185,10 +186,10 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
         # Health, in order; of a run of successes of one webhook only the
         # last is written (a failure first writes the successes before it).
         successes: dict[t.Any, Attempt] = {}
-        reasons: dict[int, str | None] = {}
+        reasons: dict[str, str | None] = {}
         for a in attempts:
             final = a.status in FINAL if a.sent else a.count_failure
-            if not (owned[id(a)] and final and a.hook is not None):
+            if not (owned[a.delivery_id] and final and a.hook is not None):
                 continue
             if a.status == m.SUCCEEDED:
                 successes[a.hook.id] = a
@@ -196,12 +197,12 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
             earlier = successes.pop(a.hook.id, None)
             if earlier is not None:
                 record_health(ext, conn, a.hook, m.SUCCEEDED, earlier.finished_at, None)
-            reasons[id(a)] = record_health(
+            reasons[a.delivery_id] = record_health(
                 ext, conn, a.hook, a.status, a.finished_at, a.disable_reason
             )
         for a in successes.values():
             record_health(ext, conn, a.hook, m.SUCCEEDED, a.finished_at, None)
-    disabled = [reasons.get(id(a)) for a in attempts]
+    disabled = [reasons.get(a.delivery_id) for a in attempts]
     if any(disabled):
         # Committed: capture stops matching the webhook at once in this process.
         from .index import expire_all
@@ -209,7 +210,7 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
         expire_all()
     outcomes = []
     for a, reason in zip(attempts, disabled, strict=True):
-        if not owned[id(a)]:
+        if not owned[a.delivery_id]:
             if a.sent:
                 logger.warning(
                     "flask-webhooks: delivery %s attempt %d outlived its lease; "
@@ -285,12 +286,12 @@ def _history_row(a: Attempt) -> dict[str, t.Any]:
 
 def _write_results(
     conn: sa.Connection, D: sa.Table, sent: list[Attempt]
-) -> dict[int, bool]:
+) -> dict[str, bool]:
     """Write the delivery rows of ``sent`` (one executemany); say which were
-    still ours (keyed by ``id(attempt)``)."""
+    still ours, by delivery id."""
     done = conn.execute(_result_statement(D), [_result_params(a) for a in sent])
     if done.rowcount == len(sent):
-        return {id(a): True for a in sent}
+        return {a.delivery_id: True for a in sent}
     # Some row was taken over by another worker (our lease ran out): the rows
     # we wrote carry exactly our values.
     c = D.c
@@ -302,10 +303,10 @@ def _write_results(
             )
         )
     }
-    owned = {}
+    owned: dict[str, bool] = {}
     for a in sent:
         r = found.get(a.delivery_id)
-        owned[id(a)] = (
+        owned[a.delivery_id] = (
             r is not None
             and r.status == a.status
             and r.attempts == a.number

@@ -51,22 +51,16 @@ def _expired_lease(table: sa.Table, now: dt.datetime) -> sa.ColumnElement[bool]:
     )
 
 
-def due_ids(
+def due_rows(
     ext: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
-) -> list[str]:
-    """Ids of deliveries that are due and not leased by a live worker:
-    ``pending`` rows, ``retrying`` rows whose ``next_attempt_at`` has come,
-    ``delivering`` rows whose lease expired (their worker died).
+) -> list[tuple[str, t.Any]]:
+    """(id, webhook_id) of the deliveries that are due and not leased by a
+    live worker: ``pending`` rows, ``retrying`` rows whose
+    ``next_attempt_at`` has come, ``delivering`` rows whose lease expired
+    (their worker died).
 
     :param older_than: only rows due for at least this many seconds.
     """
-    return [i for i, _ in _due_rows(ext, now=now, older_than=older_than)]
-
-
-def _due_rows(
-    ext: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
-) -> list[tuple[str, t.Any]]:
-    """(id, webhook_id) of the deliveries :func:`due_ids` returns."""
     D = ext.models.Delivery.__table__
     now = now or m.utcnow()
     cutoff = now - dt.timedelta(seconds=older_than)
@@ -123,7 +117,7 @@ def sweep(
     """
     now = now or m.utcnow()
     if hold is None:
-        rows = _due_rows(ext, now=now, older_than=older_than)
+        rows = due_rows(ext, now=now, older_than=older_than)
         _enqueue(ext, rows)
         return len(rows)
     D = ext.models.Delivery.__table__
