@@ -634,14 +634,14 @@ class WorkerProcess:
 def new_huey(queue: str, name: str, instance_path: str) -> t.Any:
     """The Huey of the driver and of the worker: ``sqlite`` (a file) or Redis.
 
-    Built like :func:`flask_webhooks.queue.make_huey` builds it (no result
+    Built like :func:`flask_webhooks.worker.queue.make_huey` builds it (no result
     store, the same Redis connection options), but with its own name so it
     never shares keys with a test run using the same Redis database.
     """
     import huey
-    from flask_webhooks import queue as wq
+    from flask_webhooks.worker import queue as wq
 
-    # The options flask_webhooks.queue.make_huey uses, with our own name.
+    # The options flask_webhooks.worker.queue.make_huey uses, with our own name.
     if queue.startswith(("redis://", "rediss://")):
         from redis import ConnectionPool
 

@@ -17,7 +17,7 @@ import click
 import sqlalchemy as sa
 from flask import Flask
 from flask import render_template
-from flask_webhooks.extension import DEFAULTS
+from flask_webhooks.state import DEFAULTS
 
 from .extensions import db
 from .extensions import webhooks

@@ -13,7 +13,7 @@ import signal
 import sys
 import types
 
-from flask_webhooks.queue import backend_name
+from flask_webhooks.worker.queue import backend_name
 from werkzeug.serving import make_server
 
 from . import create_app

@@ -9,15 +9,15 @@ from __future__ import annotations
 import importlib
 import typing as t
 
-__version__ = "0.1.0.dev0"
+from .version import VERSION as __version__
 
 if t.TYPE_CHECKING:
-    from .capture import BulkStatementWarning as BulkStatementWarning
+    from .capture.listeners import BulkStatementWarning as BulkStatementWarning
     from .extension import Webhooks as Webhooks
     from .validation import WebhookValidationError as WebhookValidationError
 
 _LAZY = {
-    "BulkStatementWarning": ".capture",
+    "BulkStatementWarning": ".capture.listeners",
     "Webhooks": ".extension",
     "WebhookValidationError": ".validation",
 }

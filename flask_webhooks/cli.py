@@ -18,15 +18,17 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from . import models as m
-
-if t.TYPE_CHECKING:
-    from .extension import WebhooksState
+from .capture.outbox import test_delivery_row
+from .delivery.engine import deliver
+from .delivery.recovery import requeue
+from .delivery.recovery import sweep
+from .signing import generate_secret
+from .state import get_state
+from .state import WebhooksState
+from .worker.consumers import run_worker
+from .worker.queue import backend_name
 
 webhooks_cli = AppGroup("webhooks", help="Webhook deliveries, workers and maintenance.")
-
-
-def _state() -> WebhooksState:
-    return t.cast("WebhooksState", current_app.extensions["webhooks"])
 
 
 def _queue_only(state: WebhooksState) -> WebhooksState:
@@ -42,8 +44,6 @@ def _queue_only(state: WebhooksState) -> WebhooksState:
 
 
 def _queue_note(state: WebhooksState) -> str | None:
-    from .queue import backend_name
-
     backend = backend_name(state.huey)
     if backend == "immediate":
         return None
@@ -121,7 +121,7 @@ def list_command(as_json: bool) -> None:
     Health shows whether the webhook is enabled, its failure streak, and how
     many of its deliveries are queued or failed.
     """
-    state = _state()
+    state = get_state()
     W = state.models.Webhook
     D = state.models.Delivery
     session = state.db.session
@@ -205,7 +205,7 @@ def deliveries_command(
     status: str | None, webhook_name: str | None, limit: int, as_json: bool
 ) -> None:
     """Show the delivery log, newest first."""
-    state = _state()
+    state = get_state()
     D = state.models.Delivery
     stmt = sa.select(D).order_by(D.created_at.desc(), D.id).limit(limit)
     if status:
@@ -283,8 +283,6 @@ def deliveries_command(
 def _create_test_delivery(state: WebhooksState, hook: t.Any) -> str:
     """Write a ``test`` delivery for ``hook`` (a sample payload, no object);
     return its id."""
-    from .outbox import test_delivery_row
-
     row = test_delivery_row(
         state, hook, message="This is a test delivery from `flask webhooks ping`."
     )
@@ -308,9 +306,7 @@ def ping_command(name: str) -> None:
     sent from this process. Exits with status 1 unless the receiver answered
     with a 2xx.
     """
-    from .delivery import deliver
-
-    state = _queue_only(_state())
+    state = _queue_only(get_state())
     hook = _find_webhook(state, name)
     if not hook.enabled:
         reason = f" ({hook.disabled_reason})" if hook.disabled_reason else ""
@@ -361,8 +357,6 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_name: str | None) 
     failed deliveries. The attempt count goes on; succeeded deliveries and
     deliveries being sent are left alone.
     """
-    from .sweeping import requeue
-
     if failed and ids:
         raise click.UsageError("give delivery ids or --failed, not both")
     if not failed and not ids:
@@ -372,7 +366,7 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_name: str | None) 
         )
     if webhook_name and not failed:
         raise click.UsageError("--webhook only works with --failed")
-    state = _queue_only(_state())
+    state = _queue_only(get_state())
     D = state.models.Delivery
     session = state.db.session
     if failed:
@@ -416,8 +410,8 @@ def sweep_command() -> None:
     Workers run this every minute; run it by hand after restoring a queue or
     to hurry deliveries along.
     """
-    state = _queue_only(_state())
-    count = state.ext.sweep()
+    state = _queue_only(get_state())
+    count = sweep(state)
     click.echo(f"enqueued {count} due deliveries")
     note = _queue_note(state) if count else None
     if note:
@@ -486,7 +480,7 @@ def prune_command(
     pending and retrying deliveries are never deleted. Works in batches so
     the table is not locked for long.
     """
-    state = _state()
+    state = get_state()
     D = state.models.Delivery.__table__
     A = state.models.DeliveryAttempt.__table__
     cutoff = m.utcnow() - older_than
@@ -532,8 +526,6 @@ def secret_command() -> None:
     It works for every signature scheme; paste it into the webhook's secret
     and into the receiver's configuration.
     """
-    from .signing import generate_secret
-
     click.echo(generate_secret())
 
 
@@ -565,8 +557,6 @@ def worker_command(workers: int, processes: bool, log_level: str) -> None:
     deliveries finish; a second signal interrupts them). Run as many workers,
     on as many hosts, as you like: they share the queue and the database.
     """
-    from .worker import run_worker
-
     try:
         run_worker(
             current_app._get_current_object(),  # type: ignore[attr-defined]

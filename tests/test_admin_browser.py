@@ -125,7 +125,7 @@ def live_app(
 ) -> t.Iterator[Flask]:
     from flask_admin import Admin
     from flask_admin.theme import Bootstrap4Theme
-    from flask_webhooks.worker import stop_embedded_workers
+    from flask_webhooks.worker.consumers import stop_embedded_workers
 
     admin = Admin(app, name="Inventory", theme=Bootstrap4Theme(fluid=True))
     webhooks.init_admin(admin)

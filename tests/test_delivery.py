@@ -23,20 +23,20 @@ import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
 from flask_webhooks import signals
-from flask_webhooks.delivery import _renew
-from flask_webhooks.delivery import build_request
-from flask_webhooks.delivery import claim
-from flask_webhooks.delivery import claim_many
-from flask_webhooks.delivery import deliver
-from flask_webhooks.delivery import deliver_batch
-from flask_webhooks.delivery import lease_seconds
-from flask_webhooks.delivery import MAX_RETRY_AFTER
-from flask_webhooks.delivery import retry_delay
+from flask_webhooks.delivery.attempt import build_request
+from flask_webhooks.delivery.attempt import MAX_RETRY_AFTER
+from flask_webhooks.delivery.attempt import retry_delay
+from flask_webhooks.delivery.claim import claim
+from flask_webhooks.delivery.claim import claim_many
+from flask_webhooks.delivery.claim import lease_seconds
+from flask_webhooks.delivery.claim import renew
+from flask_webhooks.delivery.engine import deliver
+from flask_webhooks.delivery.engine import deliver_batch
+from flask_webhooks.delivery.recovery import requeue
+from flask_webhooks.delivery.recovery import sweep
+from flask_webhooks.delivery.tasks import BATCH_THRESHOLD
+from flask_webhooks.delivery.tasks import batches
 from flask_webhooks.signing import generate_secret
-from flask_webhooks.sweeping import requeue
-from flask_webhooks.sweeping import sweep
-from flask_webhooks.tasks import BATCH_THRESHOLD
-from flask_webhooks.tasks import batches
 from flask_webhooks.testing import Answer
 from flask_webhooks.testing import RecordingReceiver
 from standardwebhooks.webhooks import Webhook as StandardWebhook
@@ -1107,7 +1107,7 @@ def test_renewal_drops_rows_another_worker_took(webhooks, db, models, make_hook,
             .where(D.c.id == ids[1])
             .values(leased_until=t0 + dt.timedelta(seconds=99))
         )
-    lost = _renew(
+    lost = renew(
         state, D, ids, t0 + dt.timedelta(seconds=10), t0 + dt.timedelta(seconds=30)
     )
     assert lost == {ids[1]}

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from flask_webhooks import Webhooks
-from flask_webhooks.queue import make_huey
-from flask_webhooks.queue import redact_url
+from flask_webhooks.worker.queue import make_huey
+from flask_webhooks.worker.queue import redact_url
 
 
 def test_double_init_app_refused(app, db, models):

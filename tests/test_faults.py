@@ -22,10 +22,10 @@ import typing as t
 import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
-from flask_webhooks.sweeper import heartbeats
 from flask_webhooks.testing import Answer
 from flask_webhooks.testing import ReceivedRequest
 from flask_webhooks.testing import RecordingReceiver
+from flask_webhooks.worker.sweeper import heartbeats
 
 from tests.conftest import PG_URL
 from tests.conftest import REDIS_URL

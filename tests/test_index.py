@@ -122,7 +122,7 @@ def test_a_rolled_back_webhook_never_sticks_in_the_cache(
 def test_a_worker_that_disables_a_webhook_expires_the_cache(
     webhooks, db, models, make_hook, receiver
 ):
-    from flask_webhooks.delivery import deliver
+    from flask_webhooks.delivery.engine import deliver
 
     hook = make_hook()
     commit_site(db, models, "a")

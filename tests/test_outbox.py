@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from flask_webhooks import outbox
+from flask_webhooks.capture import outbox
 
 from tests.conftest import D
 

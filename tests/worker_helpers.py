@@ -23,7 +23,7 @@ from dataclasses import field
 
 import sqlalchemy as sa
 from flask import Flask
-from flask_webhooks.sweeper import heartbeats
+from flask_webhooks.worker.sweeper import heartbeats
 
 from tests.worker_app import create_app
 

@@ -11,6 +11,7 @@ import typing as t
 
 import sqlalchemy as sa
 from flask import flash
+from flask import has_app_context
 from flask import redirect
 from flask import request
 from flask_admin import expose
@@ -21,15 +22,15 @@ from flask_admin.form import SecureForm
 from flask_admin.helpers import get_redirect_target
 from markupsafe import Markup
 
-from . import models as m
-from .admin import AdminViewMixin
-from .admin import format_time
-from .admin import pretty_body
-from .admin import release_session
-from .admin import status_badge
-from .admin import truncate
-from .admin import ViewOptions
-from .sweeping import requeue
+from .. import models as m
+from ..delivery.recovery import requeue
+from .base import AdminViewMixin
+from .base import release_session
+from .base import ViewOptions
+from .formatters import format_time
+from .formatters import pretty_body
+from .formatters import status_badge
+from .formatters import truncate
 
 #: Query-string names of the list filters (``named_filter_urls``), for links.
 FILTER_ARGS = {
@@ -232,8 +233,6 @@ class DeliveryView(AdminViewMixin, ModelView):
         super().__init__(model, db, **kwargs)
 
     def _webhook_choices(self) -> list[tuple[str, str]]:
-        from flask import has_app_context
-
         if not has_app_context():
             return []
         W = self.options.state.models.Webhook

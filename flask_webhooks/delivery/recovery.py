@@ -17,12 +17,12 @@ import typing as t
 
 import sqlalchemy as sa
 
-from . import models as m
+from .. import models as m
 
 if t.TYPE_CHECKING:
-    from .extension import WebhooksState
+    from ..state import WebhooksState
 
-logger = logging.getLogger("flask_webhooks.delivery")
+logger = logging.getLogger(__name__)
 
 #: Ids per ``IN (...)`` list and per enqueue batch.
 CHUNK = 500
@@ -52,7 +52,7 @@ def _expired_lease(table: sa.Table, now: dt.datetime) -> sa.ColumnElement[bool]:
 
 
 def due_rows(
-    ext: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
+    state: WebhooksState, *, now: dt.datetime | None = None, older_than: float = 0
 ) -> list[tuple[str, t.Any]]:
     """(id, webhook_id) of the deliveries that are due and not leased by a
     live worker: ``pending`` rows, ``retrying`` rows whose
@@ -61,7 +61,7 @@ def due_rows(
 
     :param older_than: only rows due for at least this many seconds.
     """
-    D = ext.models.Delivery.__table__
+    D = state.models.Delivery.__table__
     now = now or m.utcnow()
     cutoff = now - dt.timedelta(seconds=older_than)
     c = D.c
@@ -74,17 +74,17 @@ def due_rows(
             _expired_lease(D, now),
         )
     )
-    with ext.engine().connect() as conn:
+    with state.engine().connect() as conn:
         return [
             (r.id, r.webhook_id)
             for r in conn.execute(stmt.order_by(c.next_attempt_at, c.created_at))
         ]
 
 
-def _waiting_tasks(ext: WebhooksState) -> int:
+def _waiting_tasks(state: WebhooksState) -> int:
     """Tasks waiting in the queue (0 when the backend cannot tell)."""
     try:
-        return int(ext.huey.pending_count())
+        return int(state.huey.pending_count())
     except Exception:
         return 0
 
@@ -94,7 +94,7 @@ def _count(conn: sa.Connection, table: sa.Table, where: t.Any) -> int:
 
 
 def sweep(
-    ext: WebhooksState,
+    state: WebhooksState,
     *,
     now: dt.datetime | None = None,
     older_than: float = 0.0,
@@ -117,10 +117,10 @@ def sweep(
     """
     now = now or m.utcnow()
     if hold is None:
-        rows = due_rows(ext, now=now, older_than=older_than)
-        _enqueue(ext, rows)
+        rows = due_rows(state, now=now, older_than=older_than)
+        _enqueue(state, rows)
         return len(rows)
-    D = ext.models.Delivery.__table__
+    D = state.models.Delivery.__table__
     c = D.c
     cutoff = now - dt.timedelta(seconds=older_than)
     mark = now + dt.timedelta(seconds=hold)
@@ -129,8 +129,8 @@ def sweep(
         sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
         sa.or_(c.leased_until.is_(None), c.leased_until < now),
     )
-    engine = ext.engine()
-    waiting = _waiting_tasks(ext)
+    engine = state.engine()
+    waiting = _waiting_tasks(state)
     with engine.begin() as conn:
         expired = [
             (r.id, r.webhook_id)
@@ -141,7 +141,7 @@ def sweep(
         stmt = sa.update(D).where(fresh).values(leased_until=mark)
         due = _count(conn, D, fresh) if waiting else None
         # A waiting task carries one delivery, or up to a batch of them.
-        capacity = waiting * ext.config.delivery_batch_size
+        capacity = waiting * state.config.delivery_batch_size
         marked: list[tuple[str, t.Any]]
         if due == 0 or (due is not None and capacity >= due):
             # A backlog the workers have not reached yet, not a lost enqueue:
@@ -165,7 +165,7 @@ def sweep(
                 conn.execute(stmt.where(c.id.in_(chunk)))
     rows = expired + marked
     try:
-        _enqueue(ext, rows)
+        _enqueue(state, rows)
     except Exception:
         if marked:
             with engine.begin() as conn:
@@ -193,10 +193,10 @@ def _nothing_to_write(
     return conn.execute(sa.select(table.c.id).where(where).limit(1)).first() is None
 
 
-def _enqueue(ext: WebhooksState, rows: list[tuple[str, t.Any]]) -> None:
+def _enqueue(state: WebhooksState, rows: list[tuple[str, t.Any]]) -> None:
     """Enqueue (id, webhook_id) pairs: bursts of one webhook as batches."""
     if rows:
-        ext.enqueue(
+        state.enqueue(
             [i for i, _ in rows],
             keys=[w for _, w in rows],
         )
@@ -208,7 +208,7 @@ def _chunks(ids: t.Sequence[str], size: int = CHUNK) -> t.Iterator[t.Sequence[st
 
 
 def requeue(
-    ext: WebhooksState, ids: t.Sequence[str], *, now: dt.datetime | None = None
+    state: WebhooksState, ids: t.Sequence[str], *, now: dt.datetime | None = None
 ) -> list[str]:
     """Make deliveries due now (manual retry); returns the ids that changed.
 
@@ -220,11 +220,11 @@ def requeue(
     """
     if not ids:
         return []
-    D = ext.models.Delivery.__table__
+    D = state.models.Delivery.__table__
     c = D.c
     now = now or m.utcnow()
     changed: list[str] = []
-    with ext.engine().begin() as conn:
+    with state.engine().begin() as conn:
         for chunk in _chunks(list(dict.fromkeys(str(i) for i in ids))):
             where = sa.and_(c.id.in_(chunk), c.status.in_(_REQUEUEABLE))
             if _nothing_to_write(conn, D, where):

@@ -1,36 +1,21 @@
-"""HTTP transport for webhook deliveries: pooled connections, timeouts, caps.
+"""The HTTP client of deliveries: pooled connections, timeouts, caps.
 
-This module knows nothing about Flask or the database. The delivery worker
-builds an :class:`HTTPRequest` from plain values, hands it to
-:meth:`Transport.send` and gets an :class:`HTTPResult` back; network and HTTP
+Knows nothing about Flask or the database. The delivery worker builds an
+:class:`~flask_webhooks.transport.message.HTTPRequest` from plain values,
+hands it to :meth:`Transport.send` and gets an
+:class:`~flask_webhooks.transport.message.HTTPResult` back; network and HTTP
 problems are reported in the result, never raised.
 
-Requests go straight to urllib3 connection pools (the layer ``requests`` is
-built on). A webhook request is one fixed method, URL, header set and byte
-body, with no cookies, auth handlers, hooks, redirects or proxies to
-negotiate, and ``requests``' per-request preparation and response wrapping
-cost more CPU than the HTTP exchange itself on a keep-alive connection
-(about 0.45 ms of 0.75 ms per POST measured against a local receiver).
-Delivery workers are threads bound by one GIL, so that CPU is throughput.
+- Where a request may go is decided by
+  :class:`~flask_webhooks.transport.policy.URLPolicy`: every new connection
+  resolves its host through the policy and connects to exactly the address
+  that was checked, so DNS rebinding cannot redirect it.
+- Redirects are never followed, proxies are never used and responses are
+  read up to a fixed number of bytes.
 
-Security properties:
-
-- Where a request may go is decided by :mod:`flask_webhooks.urlpolicy`: every
-  new connection resolves its host through a
-  :class:`~flask_webhooks.urlpolicy.URLPolicy` and connects to exactly the
-  address that was checked, so DNS rebinding cannot redirect it.
-  :class:`~flask_webhooks.urlpolicy.URLPolicy`,
-  :class:`~flask_webhooks.urlpolicy.BlockedAddress` and
-  :data:`~flask_webhooks.urlpolicy.DEFAULT_DENIED_NETWORKS` are re-exported
-  here.
-- Redirects are never followed, proxies (from the environment or anywhere
-  else) are never used and responses are read up to a fixed number of bytes.
-
-What goes into a request and how a failure is described (URL target
-parsing, header checks, ``Retry-After``, error classification) is
-:mod:`flask_webhooks.httpmessage`'s job; this module owns the connection
-pools, TLS contexts and timeouts.
-:func:`~flask_webhooks.httpmessage.parse_retry_after` is re-exported here.
+What goes into a request and how a failure is described is
+:mod:`flask_webhooks.transport.message`'s job; this module owns the
+connection pools, TLS contexts and timeouts.
 """
 
 from __future__ import annotations
@@ -42,9 +27,6 @@ import ssl
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 from typing import TypeAlias
 
@@ -55,143 +37,18 @@ from urllib3.util.retry import Retry
 from urllib3.util.ssl_ import create_urllib3_context
 from urllib3.util.timeout import Timeout
 
-from .httpmessage import _BODYLESS_METHODS
-from .httpmessage import _build_headers
-from .httpmessage import _classify
-from .httpmessage import _parse_target
-from .httpmessage import _Target
-from .httpmessage import parse_retry_after
-from .urlpolicy import _pool_classes
-from .urlpolicy import BlockedAddress
-from .urlpolicy import DEFAULT_DENIED_NETWORKS
-from .urlpolicy import URLPolicy
+from .message import _BODYLESS_METHODS
+from .message import _build_headers
+from .message import _classify
+from .message import _parse_target
+from .message import _Target
+from .message import HTTPRequest
+from .message import HTTPResult
+from .policy import _pool_classes
+from .policy import BlockedAddress
+from .policy import URLPolicy
 
-__all__ = [
-    "DEFAULT_DENIED_NETWORKS",
-    "ERROR_KINDS",
-    "BlockedAddress",
-    "HTTPRequest",
-    "HTTPResult",
-    "Transport",
-    "URLPolicy",
-    "parse_retry_after",
-]
-
-#: The ``error_kind`` values of an :class:`HTTPResult`.
-ERROR_KINDS: tuple[str, ...] = (
-    "blocked",
-    "timeout",
-    "connect",
-    "tls",
-    "invalid_url",
-    "http",
-    "redirect",
-)
-
-_NOT_RETRYABLE = frozenset({"blocked", "invalid_url"})
-
-
-@dataclass(frozen=True)
-class HTTPRequest:
-    """One HTTP request to send, as plain values.
-
-    :param method: HTTP method, e.g. ``"POST"``.
-    :param url: absolute ``http://`` or ``https://`` URL.
-    :param headers: request headers, sent as given. The transport adds
-        ``Host`` and ``Content-Length`` (a ``Content-Length`` or
-        ``Transfer-Encoding`` given here is dropped: the body is always sent
-        with its exact length), ``Accept: */*`` and ``Accept-Encoding: gzip,
-        deflate`` unless given (compressed answers are decoded), and
-        ``Authorization: Basic ...`` when the URL carries
-        ``user:password@``. A name or value with CR/LF or leading whitespace
-        is refused (``error_kind`` ``"invalid_url"``).
-    :param body: exact body bytes (the signed bytes). An empty body sends
-        ``Content-Length: 0``, except for GET and HEAD, which send none.
-    :param connect_timeout: seconds to wait for the TCP (and TLS) connection.
-    :param read_timeout: seconds to wait for each read from the server.
-    :param verify: True to verify TLS certificates against the default CA
-        bundle (certifi's, when installed), False to skip verification, or
-        the path of a CA bundle file or directory.
-    :param total_timeout: seconds the whole exchange may take, body included;
-        a receiver that trickles its answer (each read within
-        ``read_timeout``) is cut off there. None: no overall limit.
-    """
-
-    method: str
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    connect_timeout: float = 5.0
-    read_timeout: float = 10.0
-    verify: bool | str = True
-    total_timeout: float | None = None
-
-
-@dataclass
-class HTTPResult:
-    """The outcome of one request.
-
-    Either the server answered (``status_code`` set) or ``error`` /
-    ``error_kind`` say why not. A non-2xx answer also sets ``error`` and
-    ``error_kind`` (``"http"``, or ``"redirect"`` for 3xx). If the body
-    breaks off or stalls while it is read (up to the cap), ``status_code``
-    is kept and ``error_kind`` is ``"timeout"`` or ``"connect"``; such a
-    result is not :attr:`ok`.
-
-    :param status_code: HTTP status, or None when no response arrived.
-    :param headers: response headers (repeated headers joined by ``", "``).
-    :param body_excerpt: the response body up to the transport's cap,
-        decoded as UTF-8 with invalid bytes replaced.
-    :param truncated: the body was longer than the cap.
-    :param duration: seconds from sending to the end of the body read.
-    :param error: a human-readable message, None on success.
-    :param error_kind: one of ``"blocked"``, ``"timeout"``, ``"connect"``,
-        ``"tls"``, ``"invalid_url"``, ``"http"``, ``"redirect"``; None on
-        success.
-    """
-
-    status_code: int | None
-    headers: dict[str, str] = field(default_factory=dict)
-    body_excerpt: str = ""
-    truncated: bool = False
-    duration: float = 0.0
-    error: str | None = None
-    error_kind: str | None = None
-
-    def _header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == name:
-                return value
-        return None
-
-    @property
-    def ok(self) -> bool:
-        """True for a 2xx answer whose body was read without error.
-
-        Unlike requests' ``Response.ok``, 3xx answers are not successes.
-        """
-        return (
-            self.error_kind is None
-            and self.status_code is not None
-            and 200 <= self.status_code < 300
-        )
-
-    @property
-    def location(self) -> str | None:
-        """The ``Location`` response header, if any."""
-        return self._header("Location")
-
-    @property
-    def retry_after(self) -> float | None:
-        """Seconds from now the server asked to wait (``Retry-After``)."""
-        return parse_retry_after(self._header("Retry-After"))
-
-    @property
-    def retryable(self) -> bool:
-        """False when repeating the request cannot help (blocked, bad URL)."""
-        return self.error_kind not in _NOT_RETRYABLE
-
+__all__ = ["Transport"]
 
 #: No retries, no redirects: urllib3 raises the original error and returns a
 #: 3xx as it is. Retry objects are immutable, so one serves every request.

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from dataclasses import field
 
 import sqlalchemy as sa
-from flask import current_app
 from flask import g
 from flask import has_app_context
 from flask import has_request_context
@@ -41,38 +40,27 @@ from sqlalchemy.orm import SessionTransaction
 from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.state import InstanceState
 
-from . import models as m
+from .. import models as m
+from ..state import lookup_state
+from .journal import Entry
 from .outbox import build_chunks
 
 if t.TYPE_CHECKING:
-    from .extension import WebhooksState
+    from ..registry import Registration
+    from ..state import WebhooksState
     from .index import Index
-    from .registry import Registration
 
-logger = logging.getLogger("flask_webhooks.capture")
+logger = logging.getLogger(__name__)
 
 _INFO_KEY = "flask_webhooks"
 _DIRECT_COLLECTION = "flask_webhooks.collection_changed"
-
-
-@dataclass(slots=True, eq=False)
-class Entry:
-    op: str
-    reg: Registration
-    obj: t.Any
-    state: InstanceState[t.Any]
-    pre: dict[str, t.Any] | None = None
-    data: t.Any = None
-    error: str | None = None
-    collection_changed: bool = False
-    dump_later: bool = False
 
 
 @dataclass(eq=False)
 class _Transaction:
     """Per-session capture state for the outermost transaction."""
 
-    ext: WebhooksState
+    state: WebhooksState
     index: Index
     journal: list[Entry] = field(default_factory=list)
     marks: dict[SessionTransaction, int] = field(default_factory=dict)
@@ -113,10 +101,10 @@ def install_model_listeners(reg: Registration) -> None:
     """
     model = reg.model
     for key, _ in reg.columns:
-        # The flag alone, no "set" listener: a no-op listener ran a Python call
-        # on every attribute set of every instance, ~10 % of a 10,000-object
-        # insert with nothing subscribed (benchmarks/README.md). Subclasses
-        # mapped later copy the flag from their base class's attribute.
+        # The flag alone, no "set" listener: a listener would run a Python
+        # call on every attribute set of every instance, a cost paid even
+        # with nothing subscribed (benchmarks/README.md). Subclasses mapped
+        # later copy the flag from their base class's attribute.
         for mapper in reg.mapper.self_and_descendants:
             if key in mapper.class_manager:
                 mapper.class_manager[key].impl.active_history = True
@@ -130,9 +118,9 @@ def install_model_listeners(reg: Registration) -> None:
 
 
 def _collection_listener(key: str) -> t.Callable[..., None]:
-    def listener(state: InstanceState[t.Any], value: t.Any, initiator: t.Any) -> None:
-        if initiator is not None and initiator.impl is state.manager[key].impl:
-            state.info[_DIRECT_COLLECTION] = True
+    def listener(insp: InstanceState[t.Any], value: t.Any, initiator: t.Any) -> None:
+        if initiator is not None and initiator.impl is insp.manager[key].impl:
+            insp.info[_DIRECT_COLLECTION] = True
 
     return listener
 
@@ -140,31 +128,31 @@ def _collection_listener(key: str) -> t.Callable[..., None]:
 # -- transaction bookkeeping -------------------------------------------------
 
 
-def _ext_for(session: Session) -> WebhooksState | None:
+def _state_for(session: Session) -> WebhooksState | None:
     if not has_app_context():
         return None
-    ext: WebhooksState | None = current_app.extensions.get("webhooks")
-    if ext is None or not ext.enabled:
+    state = lookup_state()
+    if state is None or not state.enabled:
         return None
     # Listeners sit on the Flask-SQLAlchemy session class of one ``db``.
-    if getattr(session, "_db", None) is not ext.db:
+    if getattr(session, "_db", None) is not state.db:
         return None
-    return ext
+    return state
 
 
 def _tx(session: Session, create: bool = True) -> _Transaction | None:
     tx: _Transaction | None = session.info.get(_INFO_KEY)
     if tx is not None or not create:
         return tx
-    ext = _ext_for(session)
-    if ext is None:
+    state = _state_for(session)
+    if state is None:
         return None
     try:
-        index = ext.index(session)
+        index = state.index(session)
     except Exception:
         logger.exception("flask-webhooks: could not load the webhook index")
         return None
-    tx = _Transaction(ext, index)
+    tx = _Transaction(state, index)
     session.info[_INFO_KEY] = tx
     # Savepoints begun before we started capturing get a mark at the start.
     nested = session.get_nested_transaction()
@@ -199,7 +187,7 @@ def _after_rollback(session: Session) -> None:
 def _truncate(tx: _Transaction, mark: int) -> None:
     for entry in tx.journal[mark:]:
         if entry.op == m.DELETED:
-            tx.deleted.discard(entry.state)
+            tx.deleted.discard(entry.insp)
     del tx.journal[mark:]
 
 
@@ -218,7 +206,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
 
 
 def _interested(tx: _Transaction, obj: t.Any) -> Registration | None:
-    reg = tx.ext.registry.for_class(type(obj))
+    reg = tx.state.registry.for_class(type(obj))
     if reg is None or reg.name not in tx.index.models:
         return None
     return reg
@@ -228,10 +216,10 @@ def _before_flush(session: Session, flush_context: t.Any, instances: t.Any) -> N
     tx: _Transaction | None = session.info.get(_INFO_KEY)
     new, dirty, deleted = session.new, session.dirty, session.deleted
     if tx is None:
-        ext = _ext_for(session)
-        if ext is None:
+        state = _state_for(session)
+        if state is None:
             return
-        lookup = ext.registry.for_class
+        lookup = state.registry.for_class
         if not any(
             lookup(type(obj)) is not None
             for objs in (new, dirty, deleted)
@@ -250,34 +238,34 @@ def _before_flush(session: Session, flush_context: t.Any, instances: t.Any) -> N
         reg = _interested(tx, obj)
         if reg is None:
             continue
-        state: InstanceState[t.Any] = sa.inspect(obj)
-        direct = state.info.pop(_DIRECT_COLLECTION, False)
-        pre = _update_prechange(reg, state, direct)
+        insp: InstanceState[t.Any] = sa.inspect(obj)
+        direct = insp.info.pop(_DIRECT_COLLECTION, False)
+        pre = _update_prechange(reg, insp, direct)
         if pre is not None:
             journal.append(
-                Entry(m.UPDATED, reg, obj, state, pre=pre, collection_changed=direct)
+                Entry(m.UPDATED, reg, obj, insp, pre=pre, collection_changed=direct)
             )
     for obj in deleted:
         reg = _interested(tx, obj)
         if reg is None:
             continue
-        state = sa.inspect(obj)
-        entry = Entry(m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state))
+        insp = sa.inspect(obj)
+        entry = Entry(m.DELETED, reg, obj, insp, pre=_committed_snapshot(reg, insp))
         _dump_into(entry)
         journal.append(entry)
-        tx.deleted.add(state)
+        tx.deleted.add(insp)
 
 
 def _update_prechange(
-    reg: Registration, state: InstanceState[t.Any], direct_collection: bool
+    reg: Registration, insp: InstanceState[t.Any], direct_collection: bool
 ) -> dict[str, t.Any] | None:
     """Column values before this flush, or None when nothing really changed."""
     changed = direct_collection
     old: dict[str, t.Any] = {}
-    manager = state.manager
-    for key in state.committed_state:
+    manager = insp.manager
+    for key in insp.committed_state:
         impl = manager[key].impl
-        history = impl.get_history(state, state.dict, PASSIVE_NO_INITIALIZE)
+        history = impl.get_history(insp, insp.dict, PASSIVE_NO_INITIALIZE)
         if not (history.added or history.deleted):
             continue
         if key in reg.collections:
@@ -287,7 +275,7 @@ def _update_prechange(
             old[key] = history.deleted[0]
     if not changed:
         return None
-    pre = reg.snapshot(state.obj())
+    pre = reg.snapshot(insp.obj())
     for key, value in old.items():
         if key in pre:
             pre[key] = value
@@ -295,14 +283,14 @@ def _update_prechange(
 
 
 def _committed_snapshot(
-    reg: Registration, state: InstanceState[t.Any]
+    reg: Registration, insp: InstanceState[t.Any]
 ) -> dict[str, t.Any]:
-    pre = reg.snapshot(state.obj())
-    manager = state.manager
-    for key in state.committed_state:
+    pre = reg.snapshot(insp.obj())
+    manager = insp.manager
+    for key in insp.committed_state:
         if key in pre:
             history = manager[key].impl.get_history(
-                state, state.dict, PASSIVE_NO_INITIALIZE
+                insp, insp.dict, PASSIVE_NO_INITIALIZE
             )
             if history.deleted:
                 pre[key] = history.deleted[0]
@@ -326,17 +314,17 @@ def _after_delete(mapper: t.Any, connection: t.Any, target: t.Any) -> None:
     if session is None:
         return
     tx = _tx(session, create=False)
-    state: InstanceState[t.Any] = sa.inspect(target)
-    if tx is None or state in tx.deleted:
+    insp: InstanceState[t.Any] = sa.inspect(target)
+    if tx is None or insp in tx.deleted:
         return
     reg = _interested(tx, target)
     if reg is None:
         return
     entry = Entry(
-        m.DELETED, reg, target, state, pre=reg.snapshot(target), dump_later=True
+        m.DELETED, reg, target, insp, pre=reg.snapshot(target), dump_later=True
     )
     tx.journal.append(entry)
-    tx.deleted.add(state)
+    tx.deleted.add(insp)
 
 
 def _after_flush_postexec(session: Session, flush_context: t.Any) -> None:
@@ -368,10 +356,10 @@ def _do_orm_execute(orm_execute_state: t.Any) -> t.Any:
     if mapper is None or not orm_execute_state.is_orm_statement:
         return None
     session = orm_execute_state.session
-    ext = _ext_for(session)
-    if ext is None:
+    state = _state_for(session)
+    if state is None:
         return None
-    reg = ext.registry.for_class(mapper.class_)
+    reg = state.registry.for_class(mapper.class_)
     if reg is None:
         return None
     if is_insert:
@@ -383,24 +371,22 @@ def _do_orm_execute(orm_execute_state: t.Any) -> t.Any:
     objs = _bulk_targets(session, mapper, orm_execute_state)
     if is_delete:
         for obj in objs:
-            state = sa.inspect(obj)
-            entry = Entry(
-                m.DELETED, reg, obj, state, pre=_committed_snapshot(reg, state)
-            )
+            insp = sa.inspect(obj)
+            entry = Entry(m.DELETED, reg, obj, insp, pre=_committed_snapshot(reg, insp))
             _dump_into(entry)
             tx.journal.append(entry)
-            tx.deleted.add(state)
+            tx.deleted.add(insp)
         return None
     entries = []
     for obj in objs:
-        state = sa.inspect(obj)
+        insp = sa.inspect(obj)
         entries.append(
-            Entry(m.UPDATED, reg, obj, state, pre=_committed_snapshot(reg, state))
+            Entry(m.UPDATED, reg, obj, insp, pre=_committed_snapshot(reg, insp))
         )
     result = orm_execute_state.invoke_statement()
     for entry in entries:
         # Reload what the statement may have changed (unflushed edits are kept).
-        keys = [k for k, _ in reg.columns if k not in entry.state.committed_state]
+        keys = [k for k, _ in reg.columns if k not in entry.insp.committed_state]
         session.expire(entry.obj, keys)
     tx.journal.extend(entries)
     return result
@@ -456,16 +442,16 @@ def _before_commit(session: Session) -> None:
     if tx is None or not tx.journal:
         return
     try:
-        ext = tx.ext
+        state = tx.state
         conn = session.connection(
-            bind_arguments={"mapper": sa.inspect(ext.models.Delivery)}
+            bind_arguments={"mapper": sa.inspect(state.models.Delivery)}
         )
-        writer = ext.outbox
+        writer = state.outbox
         chunks = build_chunks(
             tx.journal,
             tx.index,
             request_id=current_request_id() or str(uuid.uuid4()),
-            username=ext.username(),
+            username=state.username(),
             fanout=writer.fanout_available(conn),
         )
         ids, keys = writer.write_chunks(conn, chunks)
@@ -485,7 +471,7 @@ def _after_commit(session: Session) -> None:
     if tx is None or not tx.to_enqueue:
         return
     try:
-        tx.ext.enqueue(tx.to_enqueue, keys=tx.enqueue_keys)
+        tx.state.enqueue(tx.to_enqueue, keys=tx.enqueue_keys)
     except Exception:
         # The rows are committed: the sweeper will find them.
         logger.exception(

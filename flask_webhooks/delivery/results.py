@@ -18,14 +18,16 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from . import models as m
-from .transport import HTTPRequest
-from .transport import HTTPResult
+from .. import models as m
+from .. import signals
+from ..capture.index import expire_all
+from ..transport.message import HTTPRequest
+from ..transport.message import HTTPResult
 
 if t.TYPE_CHECKING:
-    from .extension import WebhooksState
+    from ..state import WebhooksState
 
-logger = logging.getLogger("flask_webhooks.delivery")
+logger = logging.getLogger(__name__)
 
 #: The health columns of a webhook are rewritten after a success at most this
 #: often (every success would otherwise update the same hot row).
@@ -154,15 +156,15 @@ def _insert_statement(table: sa.Table) -> t.Any:
     return sa.insert(table)
 
 
-def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
+def record(state: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
     """Write ``attempts`` (of different deliveries) in one transaction, then
     schedule retries and send signals. Returns one :class:`Outcome` per
     attempt, in order."""
-    D = ext.models.Delivery.__table__
+    D = state.models.Delivery.__table__
     sent = [a for a in attempts if a.sent]
     history = [_history_row(a) for a in sent]
     owned: dict[str, bool] = {}
-    with ext.engine().begin() as conn:
+    with state.engine().begin() as conn:
         if sent:
             owned.update(_write_results(conn, D, sent))
         for a in attempts:
@@ -181,7 +183,7 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
                 )
         if history:
             conn.execute(
-                _insert_statement(ext.models.DeliveryAttempt.__table__), history
+                _insert_statement(state.models.DeliveryAttempt.__table__), history
             )
         # Health, in order; of a run of successes of one webhook only the
         # last is written (a failure first writes the successes before it).
@@ -196,17 +198,17 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
                 continue
             earlier = successes.pop(a.hook.id, None)
             if earlier is not None:
-                record_health(ext, conn, a.hook, m.SUCCEEDED, earlier.finished_at, None)
+                record_health(
+                    state, conn, a.hook, m.SUCCEEDED, earlier.finished_at, None
+                )
             reasons[a.delivery_id] = record_health(
-                ext, conn, a.hook, a.status, a.finished_at, a.disable_reason
+                state, conn, a.hook, a.status, a.finished_at, a.disable_reason
             )
         for a in successes.values():
-            record_health(ext, conn, a.hook, m.SUCCEEDED, a.finished_at, None)
+            record_health(state, conn, a.hook, m.SUCCEEDED, a.finished_at, None)
     disabled = [reasons.get(a.delivery_id) for a in attempts]
     if any(disabled):
         # Committed: capture stops matching the webhook at once in this process.
-        from .index import expire_all
-
         expire_all()
     outcomes = []
     for a, reason in zip(attempts, disabled, strict=True):
@@ -222,7 +224,7 @@ def record(ext: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]:
             outcomes.append(Outcome(a.delivery_id, True, None, None, a.result))
             continue
         after_attempt(
-            ext,
+            state,
             a.delivery_id,
             a.status,
             a.retry_in,
@@ -345,7 +347,7 @@ def _success_statement(table: sa.Table) -> t.Any:
 
 
 def record_health(
-    ext: WebhooksState,
+    state: WebhooksState,
     conn: sa.Connection,
     hook: t.Any,
     status: str,
@@ -361,7 +363,7 @@ def record_health(
     ``updated_at`` is left alone unless the webhook is disabled: the capture
     index reloads webhooks when it moves.
     """
-    W = ext.models.Webhook.__table__
+    W = state.models.Webhook.__table__
     c = W.c
     where = c.id == hook.id
     if status == m.SUCCEEDED:
@@ -398,7 +400,7 @@ def record_health(
     hook.consecutive_failures = streak
     hook.last_delivery_status = m.FAILED
     hook.last_delivery_at = now
-    limit = ext.config.disable_after_failures
+    limit = state.config.disable_after_failures
     if disable_reason is None and limit and streak is not None and streak >= limit:
         disable_reason = (
             f"{streak} consecutive failed deliveries "
@@ -424,7 +426,7 @@ def record_health(
 
 
 def after_attempt(
-    ext: WebhooksState,
+    state: WebhooksState,
     delivery_id: str,
     status: str,
     retry_in: float | None,
@@ -436,11 +438,9 @@ def after_attempt(
     attempts: int,
 ) -> None:
     """Schedule the next attempt and send signals (after the result committed)."""
-    from . import signals
-
     if status == m.RETRYING and retry_in is not None:
         try:
-            ext.enqueue([delivery_id], delay=retry_in)
+            state.enqueue([delivery_id], delay=retry_in)
         except Exception:
             logger.exception(
                 "flask-webhooks: scheduling a retry of %s failed; sweep() will "
@@ -472,6 +472,6 @@ def after_attempt(
         )
     for signal, kwargs in sends:
         try:
-            signal.send(ext.app, **kwargs)
+            signal.send(state.app, **kwargs)
         except Exception:
             logger.exception("flask-webhooks: a %s signal handler failed", signal.name)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import field
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
@@ -35,15 +35,126 @@ from urllib3.exceptions import ConnectTimeoutError
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import parse_url
 
-from .urlpolicy import BlockedAddress
+from .policy import BlockedAddress
 
-if TYPE_CHECKING:
-    # For annotations only: transport imports this module.
-    from .transport import HTTPRequest
-
-__all__ = ["parse_retry_after"]
+__all__ = ["ERROR_KINDS", "HTTPRequest", "HTTPResult", "parse_retry_after"]
 
 _DELTA_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+#: The ``error_kind`` values of an :class:`HTTPResult`.
+ERROR_KINDS: tuple[str, ...] = (
+    "blocked",
+    "timeout",
+    "connect",
+    "tls",
+    "invalid_url",
+    "http",
+    "redirect",
+)
+
+_NOT_RETRYABLE = frozenset({"blocked", "invalid_url"})
+
+
+@dataclass(frozen=True)
+class HTTPRequest:
+    """One HTTP request to send, as plain values.
+
+    :param method: HTTP method, e.g. ``"POST"``.
+    :param url: absolute ``http://`` or ``https://`` URL.
+    :param headers: request headers, sent as given. The transport adds
+        ``Host`` and ``Content-Length`` (a ``Content-Length`` or
+        ``Transfer-Encoding`` given here is dropped: the body is always sent
+        with its exact length), ``Accept: */*`` and ``Accept-Encoding: gzip,
+        deflate`` unless given (compressed answers are decoded), and
+        ``Authorization: Basic ...`` when the URL carries
+        ``user:password@``. A name or value with CR/LF or leading whitespace
+        is refused (``error_kind`` ``"invalid_url"``).
+    :param body: exact body bytes (the signed bytes). An empty body sends
+        ``Content-Length: 0``, except for GET and HEAD, which send none.
+    :param connect_timeout: seconds to wait for the TCP (and TLS) connection.
+    :param read_timeout: seconds to wait for each read from the server.
+    :param verify: True to verify TLS certificates against the default CA
+        bundle (certifi's, when installed), False to skip verification, or
+        the path of a CA bundle file or directory.
+    :param total_timeout: seconds the whole exchange may take, body included;
+        a receiver that trickles its answer (each read within
+        ``read_timeout``) is cut off there. None: no overall limit.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    verify: bool | str = True
+    total_timeout: float | None = None
+
+
+@dataclass
+class HTTPResult:
+    """The outcome of one request.
+
+    Either the server answered (``status_code`` set) or ``error`` /
+    ``error_kind`` say why not. A non-2xx answer also sets ``error`` and
+    ``error_kind`` (``"http"``, or ``"redirect"`` for 3xx). If the body
+    breaks off or stalls while it is read (up to the cap), ``status_code``
+    is kept and ``error_kind`` is ``"timeout"`` or ``"connect"``; such a
+    result is not :attr:`ok`.
+
+    :param status_code: HTTP status, or None when no response arrived.
+    :param headers: response headers (repeated headers joined by ``", "``).
+    :param body_excerpt: the response body up to the transport's cap,
+        decoded as UTF-8 with invalid bytes replaced.
+    :param truncated: the body was longer than the cap.
+    :param duration: seconds from sending to the end of the body read.
+    :param error: a human-readable message, None on success.
+    :param error_kind: one of ``"blocked"``, ``"timeout"``, ``"connect"``,
+        ``"tls"``, ``"invalid_url"``, ``"http"``, ``"redirect"``; None on
+        success.
+    """
+
+    status_code: int | None
+    headers: dict[str, str] = field(default_factory=dict)
+    body_excerpt: str = ""
+    truncated: bool = False
+    duration: float = 0.0
+    error: str | None = None
+    error_kind: str | None = None
+
+    def _header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == name:
+                return value
+        return None
+
+    @property
+    def ok(self) -> bool:
+        """True for a 2xx answer whose body was read without error.
+
+        Unlike requests' ``Response.ok``, 3xx answers are not successes.
+        """
+        return (
+            self.error_kind is None
+            and self.status_code is not None
+            and 200 <= self.status_code < 300
+        )
+
+    @property
+    def location(self) -> str | None:
+        """The ``Location`` response header, if any."""
+        return self._header("Location")
+
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds from now the server asked to wait (``Retry-After``)."""
+        return parse_retry_after(self._header("Retry-After"))
+
+    @property
+    def retryable(self) -> bool:
+        """False when repeating the request cannot help (blocked, bad URL)."""
+        return self.error_kind not in _NOT_RETRYABLE
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -22,12 +22,13 @@ from dataclasses import field
 
 import sqlalchemy as sa
 
-from . import models as m
+from .. import models as m
+from ..conditions import ConditionSet
 
 if t.TYPE_CHECKING:
-    from .conditions import ConditionSet
+    from ..conditions import ConditionSet
 
-logger = logging.getLogger("flask_webhooks.index")
+logger = logging.getLogger(__name__)
 
 #: Plain webhooks that fan-out delivery ids can number (see :mod:`.outbox`).
 MAX_FANOUT_HOOKS = 0x1000
@@ -118,8 +119,6 @@ class Index:
 
     @classmethod
     def build(cls, signature: tuple[t.Any, ...], rows: t.Iterable[t.Any]) -> Index:
-        from .conditions import ConditionSet
-
         hooks: dict[tuple[str, str], list[Hook]] = {}
         for row in rows:
             conditions = None

@@ -22,24 +22,25 @@ from flask_admin.form import SecureForm
 from markupsafe import Markup
 from sqlalchemy.exc import IntegrityError
 
-from . import models as m
-from .admin import AdminViewMixin
-from .admin import badges
-from .admin import display_url
-from .admin import format_time
-from .admin import release_session
-from .admin import status_badge
-from .admin import truncate
-from .admin import ViewOptions
-from .admin_webhook_form import apply_form
-from .admin_webhook_form import attach_errors
-from .admin_webhook_form import clear_disabled
-from .admin_webhook_form import prepare_form
-from .admin_webhook_form import WebhookForm
-from .outbox import test_delivery_row
-from .outbox import TEST_EVENT
-from .signing import generate_secret
-from .validation import WebhookValidationError
+from .. import models as m
+from ..capture.outbox import test_delivery_row
+from ..capture.outbox import TEST_EVENT
+from ..signing import generate_secret
+from ..validation import WebhookValidationError
+from .base import AdminViewMixin
+from .base import release_session
+from .base import ViewOptions
+from .deliveries import filter_query
+from .formatters import badges
+from .formatters import display_url
+from .formatters import format_time
+from .formatters import status_badge
+from .formatters import truncate
+from .forms import apply_form
+from .forms import attach_errors
+from .forms import clear_disabled
+from .forms import prepare_form
+from .forms import WebhookForm
 
 
 def _formatter(
@@ -49,8 +50,6 @@ def _formatter(
 
 
 def _name_cell(view: t.Any, context: t.Any, hook: t.Any, name: str) -> Markup:
-    from .admin_deliveries import filter_query
-
     return Markup(
         '<a href="{}" class="wh-name">{}</a>'
         '<div><a class="small wh-deliveries-link" href="{}">deliveries &rarr;</a></div>'
@@ -321,8 +320,6 @@ class WebhookView(AdminViewMixin, ModelView):
             _flash_test_result(state, row["webhook_name"], row["id"])
         if len(rows) == 1:
             return redirect(self.wh_url("delivery", "details_view", id=rows[0]["id"]))
-        from .admin_deliveries import filter_query
-
         return redirect(self.wh_url("delivery", **filter_query(event=TEST_EVENT)))
 
     def _hooks(self, ids: t.Sequence[str]) -> list[t.Any]:

@@ -11,11 +11,9 @@ Two ways to run them:
   consumer with the app loaded, threads or processes, stopping gracefully on
   SIGTERM and SIGINT.
 
-Both run a :class:`~flask_webhooks.sweeper.Sweeper`, which also records the
-worker heartbeat. The tasks they execute are registered by
-:mod:`flask_webhooks.tasks`; :func:`enqueue`, :func:`register_tasks`,
-:class:`Sweeper`, :func:`heartbeats` and their constants are re-exported here
-for code that imported them from this module.
+Both run a :class:`~flask_webhooks.worker.sweeper.Sweeper`, which also
+records the worker heartbeat. The tasks they execute are registered by
+:mod:`flask_webhooks.delivery.tasks`.
 """
 
 from __future__ import annotations
@@ -34,30 +32,19 @@ from huey.consumer import Consumer
 from huey.consumer import ConsumerStopped
 from huey.consumer import Worker
 
-from .delivery import lease_seconds
+from ..delivery.claim import lease_seconds
+from ..state import get_state
 from .queue import backend_name
 from .queue import is_blocking
-from .sweeper import HEARTBEAT_EXPIRY as HEARTBEAT_EXPIRY
-from .sweeper import HEARTBEAT_PREFIX as HEARTBEAT_PREFIX
-from .sweeper import heartbeats as heartbeats
-from .sweeper import SWEEP_HOLD_INTERVALS as SWEEP_HOLD_INTERVALS
-from .sweeper import Sweeper as Sweeper
-from .tasks import _close_thread_transport
-from .tasks import BATCH_THRESHOLD as BATCH_THRESHOLD
-from .tasks import batches as batches
-from .tasks import DELIVER_BATCH_TASK as DELIVER_BATCH_TASK
-from .tasks import DELIVER_TASK as DELIVER_TASK
-from .tasks import enqueue as enqueue
-from .tasks import register_tasks as register_tasks
-from .tasks import SWEEP_TASK as SWEEP_TASK
+from .sweeper import Sweeper
 
 if t.TYPE_CHECKING:
     import huey as huey_mod
     from flask import Flask
 
-    from .extension import WebhooksState
+    from ..state import WebhooksState
 
-logger = logging.getLogger("flask_webhooks.worker")
+logger = logging.getLogger(__name__)
 
 #: Longest sleep of an idle worker thread between polls of a non-blocking
 #: queue (SQLite). Embedded threads are also woken by every local enqueue.
@@ -315,7 +302,7 @@ class WorkerConsumer(Consumer):
             self.huey.notify_interrupted_tasks()
         finally:
             self.sweeper.stop()
-            _close_thread_transport(self.state)
+            self.state.close_transport()
         if self._restart:
             # Huey re-executes sys.argv, which breaks `python -m flask ...`;
             # the interpreter's original command line works in every case.
@@ -341,9 +328,7 @@ def run_worker(
         has not configured logging; None leaves logging alone.
     :raises RuntimeError: the queue is ``immediate://`` (nothing to consume).
     """
-    state: WebhooksState | None = app.extensions.get("webhooks")
-    if state is None:
-        raise RuntimeError("flask-webhooks is not initialised on this app")
+    state = get_state(app)
     if state.huey.immediate:
         raise RuntimeError(
             "WEBHOOKS_QUEUE_URL is immediate://: deliveries run at commit, "
@@ -398,4 +383,4 @@ def _configure_logging(level: int | str) -> None:
     huey_level = level if level <= logging.DEBUG else max(level, logging.WARNING)
     logging.getLogger("huey").setLevel(huey_level)
     logging.getLogger("huey.consumer").setLevel(level)
-    logging.getLogger("flask_webhooks").setLevel(level)
+    logging.getLogger(__name__).setLevel(level)

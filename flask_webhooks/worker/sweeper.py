@@ -16,14 +16,14 @@ import socket
 import threading
 import typing as t
 
-from . import models as m
-from .sweeping import sweep
+from .. import models as m
+from ..delivery.recovery import sweep
 
 if t.TYPE_CHECKING:
-    from .extension import WebhooksState
+    from ..state import WebhooksState
 
 # The sweeper's messages keep the logger they had before it left worker.py.
-logger = logging.getLogger("flask_webhooks.worker")
+logger = logging.getLogger(__name__)
 
 #: Key prefix of worker heartbeats in the queue's key-value store.
 HEARTBEAT_PREFIX = "flask-webhooks.worker."

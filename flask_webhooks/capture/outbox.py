@@ -16,20 +16,20 @@ import typing as t
 import uuid
 from dataclasses import dataclass
 
-from . import models as m
-from .payload import comparable
-from .payload import dumps
-from .payload import envelope
-from .payload import render_body
+from .. import models as m
+from ..payload import comparable
+from ..payload import dumps
+from ..payload import envelope
+from ..payload import render_body
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm.state import InstanceState
 
-    from .capture import Entry
     from .index import Hook
     from .index import Index
+    from .journal import Entry
 
-logger = logging.getLogger("flask_webhooks.capture")
+logger = logging.getLogger(__name__)
 
 #: Delivery ids made by the fan-out: the first 33 characters of a random
 #: version 4 UUID per event, then 3 hex digits numbering the webhook.
@@ -113,9 +113,9 @@ def _coalesce(journal: list[Entry]) -> list[_Final]:
     """One event per object: its net effect over the transaction."""
     finals: dict[InstanceState[t.Any], _Final] = {}
     for e in journal:
-        f = finals.get(e.state)
+        f = finals.get(e.insp)
         if f is None:
-            finals[e.state] = _Final(e.op, e, e.pre, e.collection_changed)
+            finals[e.insp] = _Final(e.op, e, e.pre, e.collection_changed)
             continue
         if e.op == m.UPDATED:
             if f.op is None:  # deleted in a savepoint-free way, then re-added
@@ -249,7 +249,7 @@ def _build_event(
     now = chunk.now
     add = chunk.rows.append
     # What every delivery row of this event shares.
-    shared = (event, reg.name, _object_id(entry.state), request_id, db_username)
+    shared = (event, reg.name, _object_id(entry.insp), request_id, db_username)
     if error is not None:
         for hook in index.matching(reg.name, event):
             add(_row(shared, hook, m.FAILED, now, error=error))

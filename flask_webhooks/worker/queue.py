@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 
 import huey
 from huey import signals as huey_signals
+from huey.storage import RedisStorage
+from huey.storage import SqliteStorage
 
 QUEUE_NAME = "flask-webhooks"
 
@@ -93,9 +95,6 @@ def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
             h.enqueue(task)
         return
     storage = h.storage
-    from huey.storage import RedisStorage
-    from huey.storage import SqliteStorage
-
     batched = (type(storage) is RedisStorage and not storage.priority) or type(
         storage
     ) is SqliteStorage

@@ -13,15 +13,16 @@ from flask_admin import BaseView
 from flask_admin import expose
 from flask_admin.form import SecureForm
 
-from . import models as m
-from .admin import AdminViewMixin
-from .admin import ViewOptions
-from .queue import backend_name
-from .queue import redact_url
-from .sweeping import due_condition
+from .. import models as m
+from ..delivery.recovery import due_condition
+from ..worker import sweeper
+from ..worker.queue import backend_name
+from ..worker.queue import redact_url
+from .base import AdminViewMixin
+from .base import ViewOptions
 
 if t.TYPE_CHECKING:
-    from .extension import WebhooksState
+    from ..state import WebhooksState
 
 #: A worker whose heartbeat is older than this is shown as not seen recently.
 HEARTBEAT_STALE = dt.timedelta(minutes=5)
@@ -98,8 +99,6 @@ def _heartbeats(state: WebhooksState) -> list[dict[str, t.Any]] | None:
     Expected: ``flask_webhooks.sweeper.heartbeats(state)`` returning dicts with
     at least ``name`` and ``last_seen`` (aware datetime).
     """
-    from . import sweeper
-
     reader = getattr(sweeper, "heartbeats", None)
     if reader is None:
         return None

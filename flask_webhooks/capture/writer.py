@@ -20,14 +20,14 @@ import typing as t
 
 import sqlalchemy as sa
 
-from . import models as m
+from .. import models as m
 from .outbox import Chunk
 from .outbox import new_uuid
 
 if t.TYPE_CHECKING:
     from .index import Hook
 
-logger = logging.getLogger("flask_webhooks.capture")
+logger = logging.getLogger(__name__)
 
 #: Columns every row of one commit shares: converted once per commit.
 _SHARED = ("created_at", "updated_at", "next_attempt_at")

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import typing as t
 
-from .delivery import deliver
-from .delivery import deliver_batch
-from .queue import backend_name
-from .queue import enqueue_many
-from .sweeping import sweep
+from ..worker.queue import backend_name
+from ..worker.queue import enqueue_many
+from .engine import deliver
+from .engine import deliver_batch
+from .recovery import sweep
 
 if t.TYPE_CHECKING:
-    from .extension import WebhooksState
-
-_F = t.TypeVar("_F", bound=t.Callable[..., t.Any])
+    from ..state import WebhooksState
 
 DELIVER_TASK = "deliver"
 DELIVER_BATCH_TASK = "deliver_batch"
@@ -32,16 +30,6 @@ SWEEP_TASK = "sweep"
 BATCH_THRESHOLD = 10
 
 _TRANSPORT_HOOK = "flask_webhooks.close_transport"
-# Huey names a task "<function's module>.<name>" and queued messages carry
-# that name. The tasks were defined in flask_webhooks.worker; keeping the
-# module part lets messages queued by an older version still run.
-_TASK_MODULE = "flask_webhooks.worker"
-
-
-def _queued_as(func: _F) -> _F:
-    """Give a task function the module part of its queued name."""
-    func.__module__ = _TASK_MODULE
-    return func
 
 
 def register_tasks(state: WebhooksState) -> None:
@@ -52,7 +40,7 @@ def register_tasks(state: WebhooksState) -> None:
     """
     huey = state.huey
     app = state.app
-    key = f"{_TASK_MODULE}.{DELIVER_TASK}"
+    key = f"{__name__}.{DELIVER_TASK}"
     if key in huey._registry._registry:
         raise RuntimeError(
             "this Huey instance already runs flask-webhooks tasks for another app; "
@@ -60,26 +48,23 @@ def register_tasks(state: WebhooksState) -> None:
         )
 
     @huey.task(name=DELIVER_TASK)
-    @_queued_as
     def deliver_task(delivery_id: str) -> None:
         with app.app_context():
             deliver(state, delivery_id)
 
     @huey.task(name=DELIVER_BATCH_TASK)
-    @_queued_as
     def deliver_batch_task(delivery_ids: list[str]) -> None:
         with app.app_context():
             deliver_batch(state, delivery_ids)
 
     @huey.task(name=SWEEP_TASK)
-    @_queued_as
     def sweep_task() -> None:
         with app.app_context():
             sweep(state)
 
     @huey.on_shutdown(name=_TRANSPORT_HOOK)
     def close_transport() -> None:
-        _close_thread_transport(state)
+        state.close_transport()
 
     state.deliver_task = deliver_task
     state.deliver_batch_task = deliver_batch_task
@@ -92,22 +77,7 @@ def register_tasks(state: WebhooksState) -> None:
             # Queued deliveries from before a restart go out without waiting
             # for the next commit.
             if state.workers is None:
-                _start_embedded_workers(state)
-
-
-def _close_thread_transport(state: WebhooksState) -> None:
-    """Close the calling thread's pooled HTTP session, if it has one."""
-    transport = state.__dict__.get("_transport")
-    if transport is not None:
-        transport.close()
-
-
-def _start_embedded_workers(state: WebhooksState) -> None:
-    # Imported here: the worker module imports this one (and re-exports its
-    # names). Only reached until the first start decides state.workers.
-    from .worker import start_embedded_workers
-
-    start_embedded_workers(state)
+                state.start_workers()
 
 
 def enqueue(
@@ -130,7 +100,7 @@ def enqueue(
     if not id_list:
         return
     if state.workers is None:
-        _start_embedded_workers(state)
+        state.start_workers()
     task = state.deliver_task
     if delay:
         for delivery_id in id_list:

@@ -24,12 +24,12 @@ from wtforms import StringField
 from wtforms import TextAreaField
 from wtforms import validators
 
-from .admin import pretty_json
-from .validation import HTTP_METHODS
+from ..validation import HTTP_METHODS
+from .formatters import pretty_json
 
 try:  # WTForms 3.3 deprecates tuples as choices
     from wtforms import SelectChoice
-except ImportError:  # pragma: no cover - WTForms < 3.3
+except ImportError:  # WTForms < 3.3
     SelectChoice = None
 
 
@@ -47,7 +47,7 @@ SIGNATURE_SCHEMES = (
 
 
 def _choice(value: str, label: str | None = None) -> t.Any:
-    if SelectChoice is None:  # pragma: no cover
+    if SelectChoice is None:
         return (value, label or value)
     return SelectChoice(value, label or value)
 
