@@ -23,6 +23,7 @@ from example_app import DEMO_WEBHOOK_SECRET
 from example_app.extensions import db
 from example_app.extensions import webhooks
 from example_app.models import ReceivedWebhook
+from example_app.models import Site
 from example_app.receiver import check_signatures
 from example_app.seed import DEMO_WEBHOOK
 from example_app.seed import init_db
@@ -404,6 +405,53 @@ def test_embedded_workers_start_on_first_change(tmp_path: Path) -> None:
         _teardown(app)
 
 
+def test_demo_starts_the_embedded_workers_before_serving(tmp_path: Path) -> None:
+    """``make demo``: workers run before the first request, the banner says so."""
+    from example_app.__main__ import start_workers
+
+    app = _make_app(
+        f"sqlite:///{tmp_path / 'app.sqlite'}",
+        tmp_path,
+        WEBHOOKS_QUEUE_URL=None,
+        WEBHOOKS_EMBEDDED_WORKERS=2,
+    )
+    live = LiveApp(app)
+    try:
+        live.start()
+        state = app.extensions["webhooks"]
+        with app.app_context():
+            init_db()
+            assert start_workers(app) == "sqlite, 2 embedded worker threads running"
+            assert state.workers.running, "running before any request"
+            # A change outside any request: the running threads send it.
+            db.session.add(Site(name="Lisbon", slug="lisbon"))
+            db.session.commit()
+        entries = live.wait_received(1)
+        assert [(e["event"], e["verified"]) for e in entries] == [("created", True)]
+    finally:
+        live.stop()
+        _teardown(app)
+
+
+def test_demo_banner_without_embedded_workers(tmp_path: Path) -> None:
+    from example_app.__main__ import start_workers
+
+    app = _make_app(
+        f"sqlite:///{tmp_path / 'app.sqlite'}",
+        tmp_path,
+        WEBHOOKS_QUEUE_URL=None,
+        WEBHOOKS_EMBEDDED_WORKERS=0,
+    )
+    try:
+        assert start_workers(app) == (
+            "sqlite, embedded workers off (WEBHOOKS_EMBEDDED_WORKERS = 0): "
+            "run `flask --app example_app webhooks worker` to send"
+        )
+        assert not app.extensions["webhooks"].workers
+    finally:
+        _teardown(app)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -471,6 +519,7 @@ def test_demo_server_subprocess(tmp_path: Path) -> None:
             output, _ = proc.communicate()
             pytest.fail(f"the demo did not stop on Ctrl-C:\n{output}")
     assert proc.returncode == 0, output
+    assert "queue:     sqlite, 2 embedded worker threads running" in output
     assert f"{base}/admin/" in output
     assert f"{base}/receiver/" in output
     assert "curl" in output
