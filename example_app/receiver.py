@@ -41,6 +41,7 @@ _KEPT_HEADERS = (
     "User-Agent",
     "X-Webhook-ID",
     "X-Webhook-Attempt",
+    "X-Webhook-Sequence",
     SIGNATURE_HEADER,
     "webhook-id",
     "webhook-timestamp",

@@ -134,7 +134,21 @@ def test_api_create_update_delete_arrive_verified(live: LiveApp) -> None:
         ("updated", "site", str(site["id"]), True),
         ("created", "site", str(site["id"]), True),
     ]
-    assert set(entries[0]) == {"event", "model", "object_id", "verified", "received_at"}
+    assert set(entries[0]) == {
+        "id",
+        "received_at",
+        "method",
+        "event",
+        "model",
+        "object_id",
+        "delivery_id",
+        "attempt",
+        "sequence",
+        "verified",
+        "verification",
+        "headers",
+        "body",
+    }
     assert entries[0]["received_at"] >= entries[1]["received_at"]
 
 
@@ -287,6 +301,60 @@ def test_receiver_page_shows_entries(live: LiveApp) -> None:
     cleared = live.http.post(f"{live.url}/receiver/clear")
     assert cleared.status_code == 200
     assert live.received() == []
+
+
+def test_receiver_json_has_what_the_page_shows(live: LiveApp) -> None:
+    site = live.api("POST", "/sites", json={"name": "Oslo"}).json()
+    [entry] = live.received()
+    with live.app.app_context():
+        delivery_id = db.session.scalar(sa.select(webhooks.Delivery.id))
+    assert entry["delivery_id"] == str(delivery_id)
+    assert (entry["method"], entry["attempt"], entry["sequence"]) == ("POST", "1", None)
+    assert entry["verification"] == [
+        "X-Hook-Signature: valid",
+        "Standard Webhooks: valid",
+    ]
+    headers = entry["headers"]
+    assert headers["X-Webhook-ID"] == entry["delivery_id"]
+    assert headers["Content-Type"] == "application/json"
+    assert {"X-Hook-Signature", "webhook-id", "webhook-signature"} <= set(headers)
+    payload = json.loads(entry["body"])
+    assert (payload["event"], payload["data"]["id"]) == ("created", site["id"])
+    page = live.http.get(f"{live.url}/receiver/")
+    assert entry["delivery_id"] in page.text
+
+
+def test_receiver_shows_the_sequence_header(live: LiveApp) -> None:
+    body = b'{"event": "updated", "model": "site", "data": {"id": 5}}'
+    client = live.app.test_client()
+    answer = client.post(
+        "/receiver/",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hook-Signature": sign(DEMO_WEBHOOK_SECRET, body),
+            "X-Webhook-ID": "d-1",
+            "X-Webhook-Attempt": "2",
+            "X-Webhook-Sequence": "42",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    [entry] = client.get("/receiver/?format=json").json
+    assert (entry["delivery_id"], entry["attempt"], entry["sequence"]) == (
+        "d-1",
+        "2",
+        "42",
+    )
+    assert entry["headers"]["X-Webhook-Sequence"] == "42"
+    assert entry["body"] == body.decode()
+    assert "sequence 42" in client.get("/receiver/").text
+
+
+def test_favicon_is_served(live: LiveApp) -> None:
+    icon = live.http.get(f"{live.url}/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["Content-Type"].startswith("image/")
+    assert icon.content.startswith(b"\x00\x00\x01\x00")  # an ICO file
 
 
 def test_api_errors_say_what_is_wrong(live: LiveApp) -> None:
