@@ -17,6 +17,7 @@ import click
 import sqlalchemy as sa
 from flask import Flask
 from flask import render_template
+from flask import Response
 from flask_webhooks.state import DEFAULTS
 
 from .extensions import db
@@ -116,6 +117,11 @@ def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:
         from .seed import DEMO_WEBHOOK
 
         return render_template("example_app/index.html", hook_name=DEMO_WEBHOOK)
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:
+        # Browsers ask for it on every page, the admin's included.
+        return app.send_static_file("favicon.ico")
 
     @app.cli.command("init-db")
     def init_db_command() -> None:

@@ -13,6 +13,8 @@ import signal
 import sys
 import types
 
+from flask import Flask
+from flask_webhooks.state import get_state
 from flask_webhooks.worker.queue import backend_name
 from werkzeug.serving import make_server
 
@@ -26,6 +28,32 @@ HOST = "127.0.0.1"
 
 def _interrupt(signum: int, frame: types.FrameType | None) -> None:
     raise KeyboardInterrupt
+
+
+def start_workers(app: Flask) -> str:
+    """Start the embedded workers now and say what delivers the webhooks.
+
+    flask-webhooks starts them by itself at the first request or change; the
+    demo starts them before it prints the banner, so the banner is true and
+    deliveries left from a previous run go out at once.
+    """
+    state = get_state(app)
+    backend = backend_name(state.huey)
+    if state.start_workers():
+        return f"{backend}, {state.workers.count} embedded worker threads running"
+    if backend == "immediate":
+        return "immediate, each delivery is sent in the request that commits it"
+    if backend == "memory":
+        return "memory, embedded workers off: nothing sends the deliveries"
+    if backend == "sqlite":
+        return (
+            "sqlite, embedded workers off (WEBHOOKS_EMBEDDED_WORKERS = 0): "
+            "run `flask --app example_app webhooks worker` to send"
+        )
+    return (
+        f"{backend}, no embedded workers for this queue: run "
+        "`flask --app example_app webhooks worker` to send"
+    )
 
 
 def main() -> int:
@@ -57,21 +85,21 @@ def main() -> int:
     with app.app_context():
         for line in init_db():
             print(f"* {line}")
-        state = app.extensions["webhooks"]
-        # Deliveries left over from a previous run are sent again; this also
-        # starts the embedded workers now rather than on the first change.
+        state = get_state(app)
+        workers = start_workers(app)
+        # Deliveries left over from a previous run are sent again (sweep()
+        # only enqueues them; the workers above send them).
         resumed = webhooks.sweep()
         if resumed:
             print(f"* resumed {resumed} pending deliveries")
     base = f"http://{HOST}:{port}"
-    workers = state.config.embedded_workers if state.workers else 0
     print(
         f"""
 flask-webhooks demo on {base}/
   admin:     {base}/admin/
   receiver:  {base}/receiver/          (JSON: {base}/receiver/?format=json)
   API:       {base}/api/sites  {base}/api/devices
-  queue:     {backend_name(state.huey)}, {workers} embedded worker threads
+  queue:     {workers}
   webhook:   {DEMO_WEBHOOK!r} -> {app.config["DEMO_RECEIVER_URL"]}
 
 Try:

@@ -70,7 +70,7 @@ class InventoryView(ModelView):
     form_base_class = SecureForm
     can_view_details = True
     page_size = 50
-    form_excluded_columns = ("created", "last_updated")
+    form_excluded_columns: tuple[str, ...] = ("created", "last_updated")
     # A plain select with the status names (the models turn names into Status)
     # and relation selects without WTForms deprecation warnings.
     form_overrides = {
@@ -105,7 +105,7 @@ class TenantView(InventoryView):
 class TagView(InventoryView):
     column_list = ("name", "slug", "color")
     column_searchable_list = ("name", "slug")
-    form_excluded_columns = ()
+    form_excluded_columns: tuple[str, ...] = ()
 
 
 class SiteView(InventoryView):

@@ -160,11 +160,25 @@ class ReceivedWebhook(db.Model):  # type: ignore[name-defined,misc]
     headers: Mapped[dict[str, t.Any]] = mapped_column(sa.JSON, default=dict)
     body: Mapped[str] = mapped_column(sa.Text, default="")
 
+    @property
+    def sequence(self) -> str | None:
+        """``X-Webhook-Sequence``, when the sender puts one on the request."""
+        return self.headers.get("X-Webhook-Sequence")
+
     def to_json(self) -> dict[str, t.Any]:
+        """What ``/receiver/?format=json`` lists: everything the HTML page shows."""
         return {
+            "id": self.id,
+            "received_at": self.received_at.replace(tzinfo=dt.UTC).isoformat(),
+            "method": self.method,
             "event": self.event,
             "model": self.model,
             "object_id": self.object_id,
+            "delivery_id": self.delivery_id,
+            "attempt": self.attempt,
+            "sequence": self.sequence,
             "verified": self.verified,
-            "received_at": self.received_at.replace(tzinfo=dt.UTC).isoformat(),
+            "verification": self.verification.splitlines(),
+            "headers": self.headers,
+            "body": self.body,
         }

@@ -41,6 +41,7 @@ _KEPT_HEADERS = (
     "User-Agent",
     "X-Webhook-ID",
     "X-Webhook-Attempt",
+    "X-Webhook-Sequence",
     SIGNATURE_HEADER,
     "webhook-id",
     "webhook-timestamp",
@@ -84,7 +85,9 @@ def check_signatures(
 def receive() -> tuple[Response, int]:
     body = request.get_data(cache=True)
     secret = current_app.config["DEMO_WEBHOOK_SECRET"]
-    verified, notes = check_signatures(secret, request.headers, body)
+    verified, notes = check_signatures(
+        secret, t.cast("t.Mapping[str, str]", request.headers), body
+    )
     event = model = object_id = None
     try:
         payload = json.loads(body)

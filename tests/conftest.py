@@ -126,8 +126,10 @@ def models(db: SQLAlchemy) -> Models:
         __tablename__ = "site"
         id = sa.Column(sa.Integer, primary_key=True)
         name = sa.Column(sa.String(100), nullable=False)
-        status = sa.Column(sa.Enum(Status), default=Status.active, nullable=False)
-        tenant_id = sa.Column(sa.ForeignKey("tenant.id"))
+        status: sa.Column[Status] = sa.Column(
+            sa.Enum(Status), default=Status.active, nullable=False
+        )
+        tenant_id: sa.Column[int] = sa.Column(sa.ForeignKey("tenant.id"))
         budget = sa.Column(sa.Numeric(12, 2))
         opened = sa.Column(sa.Date)
         tenant = sa.orm.relationship(Tenant)
@@ -142,7 +144,7 @@ def models(db: SQLAlchemy) -> Models:
         name = sa.Column(sa.String(100), nullable=False)
         serial = sa.Column(sa.String(50))
         uid = sa.Column(sa.Uuid)
-        site_id = sa.Column(sa.ForeignKey("site.id"), nullable=False)
+        site_id: sa.Column[int] = sa.Column(sa.ForeignKey("site.id"), nullable=False)
         site = sa.orm.relationship(Site, back_populates="devices")
 
     return Models(Tenant, Tag, Site, Device)
@@ -229,7 +231,7 @@ def make_hook(
 
 
 def utc(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=dt.UTC)
+    return dt.datetime(*args).replace(tzinfo=dt.UTC)  # type: ignore[arg-type]
 
 
 D = decimal.Decimal

@@ -236,7 +236,7 @@ class Rows:
         row.update(values)
         self.db.session.remove()
         with self.db.engine.begin() as conn:
-            conn.execute(sa.insert(self.webhooks.Delivery.__table__), [row])
+            conn.execute(sa.insert(self.webhooks.Delivery.__table__), [row])  # type: ignore[attr-defined]
         return str(row["id"])
 
 

@@ -206,8 +206,10 @@ def test_admin_session_in_a_real_browser(
                         path=str(STATIC / f"admin-{name}.png"), full_page=True
                     )
 
-            def open_deliveries() -> None:
+            def open_deliveries() -> bool:
+                """Reload the list; False, so it can lead a wait condition."""
                 page.goto(f"{server.url}/admin/webhooks/deliveries/")
+                return False
 
             def statuses() -> list[str]:
                 cells = page.locator("table.model-list .wh-status")

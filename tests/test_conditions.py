@@ -950,6 +950,7 @@ def test_changed_on_nested_json_column() -> None:
 def test_changed_when_present_on_one_side_only() -> None:
     appeared = {"prechange": {"custom": {}}, "postchange": {"custom": {"level": 2}}}
     vanished = {"prechange": {"custom": {"level": 2}}, "postchange": {"custom": None}}
+    snapshots: Any
     for snapshots in (appeared, vanished):
         assert cond("custom.level", op="changed").eval({}, snapshots=snapshots) is True
         assert (

@@ -23,6 +23,7 @@ from example_app import DEMO_WEBHOOK_SECRET
 from example_app.extensions import db
 from example_app.extensions import webhooks
 from example_app.models import ReceivedWebhook
+from example_app.models import Site
 from example_app.receiver import check_signatures
 from example_app.seed import DEMO_WEBHOOK
 from example_app.seed import init_db
@@ -133,7 +134,21 @@ def test_api_create_update_delete_arrive_verified(live: LiveApp) -> None:
         ("updated", "site", str(site["id"]), True),
         ("created", "site", str(site["id"]), True),
     ]
-    assert set(entries[0]) == {"event", "model", "object_id", "verified", "received_at"}
+    assert set(entries[0]) == {
+        "id",
+        "received_at",
+        "method",
+        "event",
+        "model",
+        "object_id",
+        "delivery_id",
+        "attempt",
+        "sequence",
+        "verified",
+        "verification",
+        "headers",
+        "body",
+    }
     assert entries[0]["received_at"] >= entries[1]["received_at"]
 
 
@@ -288,6 +303,60 @@ def test_receiver_page_shows_entries(live: LiveApp) -> None:
     assert live.received() == []
 
 
+def test_receiver_json_has_what_the_page_shows(live: LiveApp) -> None:
+    site = live.api("POST", "/sites", json={"name": "Oslo"}).json()
+    [entry] = live.received()
+    with live.app.app_context():
+        delivery_id = db.session.scalar(sa.select(webhooks.Delivery.id))
+    assert entry["delivery_id"] == str(delivery_id)
+    assert (entry["method"], entry["attempt"], entry["sequence"]) == ("POST", "1", None)
+    assert entry["verification"] == [
+        "X-Hook-Signature: valid",
+        "Standard Webhooks: valid",
+    ]
+    headers = entry["headers"]
+    assert headers["X-Webhook-ID"] == entry["delivery_id"]
+    assert headers["Content-Type"] == "application/json"
+    assert {"X-Hook-Signature", "webhook-id", "webhook-signature"} <= set(headers)
+    payload = json.loads(entry["body"])
+    assert (payload["event"], payload["data"]["id"]) == ("created", site["id"])
+    page = live.http.get(f"{live.url}/receiver/")
+    assert entry["delivery_id"] in page.text
+
+
+def test_receiver_shows_the_sequence_header(live: LiveApp) -> None:
+    body = b'{"event": "updated", "model": "site", "data": {"id": 5}}'
+    client = live.app.test_client()
+    answer = client.post(
+        "/receiver/",
+        data=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hook-Signature": sign(DEMO_WEBHOOK_SECRET, body),
+            "X-Webhook-ID": "d-1",
+            "X-Webhook-Attempt": "2",
+            "X-Webhook-Sequence": "42",
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    [entry] = client.get("/receiver/?format=json").get_json()
+    assert (entry["delivery_id"], entry["attempt"], entry["sequence"]) == (
+        "d-1",
+        "2",
+        "42",
+    )
+    assert entry["headers"]["X-Webhook-Sequence"] == "42"
+    assert entry["body"] == body.decode()
+    assert "sequence 42" in client.get("/receiver/").text
+
+
+def test_favicon_is_served(live: LiveApp) -> None:
+    icon = live.http.get(f"{live.url}/favicon.ico")
+    assert icon.status_code == 200
+    assert icon.headers["Content-Type"].startswith("image/")
+    assert icon.content.startswith(b"\x00\x00\x01\x00")  # an ICO file
+
+
 def test_api_errors_say_what_is_wrong(live: LiveApp) -> None:
     missing = live.api("POST", "/sites", json={"status": "active"})
     assert missing.status_code == 400
@@ -359,7 +428,7 @@ def test_init_db_follows_the_port(database_url: str, tmp_path: Path) -> None:
             app.config["DEMO_RECEIVER_URL"] = "http://127.0.0.1:5000/receiver/"
             first = init_db()
             assert first[0] == "seeded tenants, tags, sites and devices"
-            assert webhooks.Delivery.query.count() == 0, "seeding sends nothing"
+            assert webhooks.Delivery.query.count() == 0, "seeding sends nothing"  # type: ignore[attr-defined]
             app.config["DEMO_RECEIVER_URL"] = "http://127.0.0.1:5001/receiver/"
             assert init_db() == [
                 f"webhook {DEMO_WEBHOOK!r} now sends to http://127.0.0.1:5001/receiver/ "
@@ -401,6 +470,53 @@ def test_embedded_workers_start_on_first_change(tmp_path: Path) -> None:
         assert [e["event"] for e in live.wait_received(2)] == ["deleted", "created"]
     finally:
         live.stop()
+        _teardown(app)
+
+
+def test_demo_starts_the_embedded_workers_before_serving(tmp_path: Path) -> None:
+    """``make demo``: workers run before the first request, the banner says so."""
+    from example_app.__main__ import start_workers
+
+    app = _make_app(
+        f"sqlite:///{tmp_path / 'app.sqlite'}",
+        tmp_path,
+        WEBHOOKS_QUEUE_URL=None,
+        WEBHOOKS_EMBEDDED_WORKERS=2,
+    )
+    live = LiveApp(app)
+    try:
+        live.start()
+        state = app.extensions["webhooks"]
+        with app.app_context():
+            init_db()
+            assert start_workers(app) == "sqlite, 2 embedded worker threads running"
+            assert state.workers.running, "running before any request"
+            # A change outside any request: the running threads send it.
+            db.session.add(Site(name="Lisbon", slug="lisbon"))
+            db.session.commit()
+        entries = live.wait_received(1)
+        assert [(e["event"], e["verified"]) for e in entries] == [("created", True)]
+    finally:
+        live.stop()
+        _teardown(app)
+
+
+def test_demo_banner_without_embedded_workers(tmp_path: Path) -> None:
+    from example_app.__main__ import start_workers
+
+    app = _make_app(
+        f"sqlite:///{tmp_path / 'app.sqlite'}",
+        tmp_path,
+        WEBHOOKS_QUEUE_URL=None,
+        WEBHOOKS_EMBEDDED_WORKERS=0,
+    )
+    try:
+        assert start_workers(app) == (
+            "sqlite, embedded workers off (WEBHOOKS_EMBEDDED_WORKERS = 0): "
+            "run `flask --app example_app webhooks worker` to send"
+        )
+        assert not app.extensions["webhooks"].workers
+    finally:
         _teardown(app)
 
 
@@ -471,6 +587,7 @@ def test_demo_server_subprocess(tmp_path: Path) -> None:
             output, _ = proc.communicate()
             pytest.fail(f"the demo did not stop on Ctrl-C:\n{output}")
     assert proc.returncode == 0, output
+    assert "queue:     sqlite, 2 embedded worker threads running" in output
     assert f"{base}/admin/" in output
     assert f"{base}/receiver/" in output
     assert "curl" in output

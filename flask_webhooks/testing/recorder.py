@@ -37,7 +37,7 @@ class CapturedRequest:
     """One HTTP request a delivery attempt would have sent.
 
     ``method``, ``url``, ``headers`` and ``body`` are exactly what the
-    transport was given (built by :func:`flask_webhooks.delivery.build_request`,
+    transport was given (built by :func:`flask_webhooks.delivery.attempt.build_request`,
     signed); the other fields come from the delivery row.
     """
 
