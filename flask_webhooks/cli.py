@@ -284,7 +284,10 @@ def _create_test_delivery(state: WebhooksState, hook: t.Any) -> str:
     """Write a ``test`` delivery for ``hook`` (a sample payload, no object);
     return its id."""
     row = test_delivery_row(
-        state, hook, message="This is a test delivery from `flask webhooks ping`."
+        hook,
+        message="This is a test delivery from `flask webhooks ping`.",
+        username=state.username(),
+        limits=state.config.template_limits,
     )
     if row["status"] != m.PENDING:
         raise click.ClickException(

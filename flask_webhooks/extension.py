@@ -148,7 +148,12 @@ class Webhooks:
             huey,
             config,
             self.registry,
-            index_cache=IndexCache(models.Webhook.__table__, config.index_ttl),
+            index_cache=IndexCache(
+                models.Webhook.__table__,
+                config.index_ttl,
+                regex_timeout=config.condition_timeout,
+                limits=config.template_limits,
+            ),
             outbox=OutboxWriter(
                 models.Delivery.__table__, models.OutboxEvent.__table__
             ),

@@ -5,8 +5,8 @@ The default body is NetBox's payload, keys in this order::
     {"event", "timestamp", "model", "username", "request_id", "data", "snapshots"}
 
 Templates (``body_template``, ``additional_headers`` values and
-``payload_url``) render in a Jinja2 :class:`~jinja2.sandbox.SandboxedEnvironment`
-(see ``docs/templates.rst``). Their context is the payload exactly as the
+``payload_url``) render in the sandbox of :mod:`flask_webhooks.templating`
+(see ``docs/templates.rst``), whose names are re-exported here. Their context is the payload exactly as the
 default JSON body carries it, plus ``webhook`` (``id`` and ``name``), so a
 template sees the same values at capture time (the body) and at send time
 (URL and headers).
@@ -14,74 +14,48 @@ template sees the same values at capture time (the body) and at send time
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
 import decimal
-import enum
-import functools
 import json
-import operator
 import threading
 import typing as t
-import uuid
 from urllib.parse import urlencode
 
-from jinja2 import pass_context
-from jinja2 import TemplateSyntaxError
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.sandbox import SandboxedEnvironment
-
+from .templating import DEFAULT_LIMITS
+from .templating import environment
+from .templating import finite
+from .templating import json_default
+from .templating import MAX_RENDERED_CHARS
+from .templating import render
+from .templating import RenderError
+from .templating import template_syntax_error
+from .templating import TemplateLimits
+from .validation import check_header_name
 from .validation import check_header_value
 from .validation import parse_header_lines
 from .validation import url_problem
 
+__all__ = [
+    "FORM_CONTENT_TYPE",
+    "JSON_CONTENT_TYPE",
+    "MAX_RENDERED_CHARS",
+    "RenderError",
+    "TemplateLimits",
+    "comparable",
+    "dumps",
+    "envelope",
+    "environment",
+    "form_body",
+    "json_default",
+    "render",
+    "render_body",
+    "render_headers",
+    "render_url",
+    "template_context",
+    "template_syntax_error",
+]
+
 JSON_CONTENT_TYPE = "application/json"
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-
-#: Longest text a template may render, in characters; longer output is an error.
-MAX_RENDERED_CHARS = 10 * 1024 * 1024
-#: Largest exponent ``**`` accepts in a template.
-MAX_POWER = 100
-#: Longest string or list ``*`` may build in a template.
-MAX_REPEAT = 1024 * 1024
-#: Largest integer ``*`` and ``**`` may build in a template, in bits.
-MAX_INT_BITS = 64 * 1024
-
-
-class RenderError(ValueError):
-    """A template could not be rendered (undefined filter, sandbox violation,
-    output too long, a rendered header with a line break, ...).
-
-    The delivery it was rendered for is recorded as ``failed`` with this message;
-    the user's transaction is never affected.
-    """
-
-
-def json_default(value: t.Any) -> t.Any:
-    """Make the values schemas and columns produce JSON-safe.
-
-    Decimal becomes a string (no precision lost), UUID a string, date and time
-    ISO 8601, Enum its name, bytes base64, sets sorted lists, timedelta seconds.
-    """
-    if isinstance(value, dt.datetime | dt.date | dt.time):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.name
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, set | frozenset):
-        try:
-            return sorted(value)
-        except TypeError:
-            return list(value)
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def comparable(value: t.Any) -> t.Any:
@@ -99,13 +73,25 @@ def comparable(value: t.Any) -> t.Any:
 
 
 _encoder = json.JSONEncoder(
-    default=json_default, ensure_ascii=False, separators=(",", ":")
+    default=json_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
 )
 
 
 def dumps(value: t.Any) -> str:
-    """Compact JSON text; non-JSON types handled by :func:`json_default`."""
-    return _encoder.encode(value)
+    """Compact, strict JSON text (RFC 8259); non-JSON types handled by
+    :func:`json_default`.
+
+    NaN and ±Infinity have no JSON form: they are encoded as ``null`` (as
+    NetBox does), never as the ``NaN`` / ``Infinity`` tokens strict parsers
+    refuse.
+    """
+    try:
+        return _encoder.encode(value)
+    except ValueError as e:
+        # Rare: only values holding non-finite floats pay for the second pass.
+        if "float" not in str(e):
+            raise
+    return _encoder.encode(finite(value))
 
 
 def envelope(
@@ -132,131 +118,6 @@ def envelope(
 
 
 # -- templates ---------------------------------------------------------------
-
-
-def _json_filter(value: t.Any, indent: int | None = None) -> str:
-    """``{{ value|json }}``: the value as JSON text (``indent`` optional)."""
-    return json.dumps(value, default=json_default, ensure_ascii=False, indent=indent)
-
-
-def _sized(value: t.Any) -> bool:
-    return isinstance(value, str | bytes | list | tuple)
-
-
-def _is_int(value: t.Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-@pass_context
-def _finalize(context: t.Any, value: t.Any) -> t.Any:
-    # Needing the context keeps Jinja2 from evaluating constant expressions
-    # while compiling: a syntax check on save never runs template code.
-    return value
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox every webhook template renders in.
-
-    Jinja2's sandbox blocks attribute access to internals (``__class__``,
-    ``__globals__``, ``mro``, ...), unsafe ``str.format`` and ranges over
-    100,000 items; the immutable variant also refuses methods that modify
-    lists, dicts and sets (``data.update(...)``, ``tags.append(...)``), so one
-    webhook's template cannot change what the next one sees.
-
-    On top of that, ``**`` and ``*`` refuse results that would be huge
-    (``10 ** 10 ** 10``, ``'x' * 10 ** 10``), and the compiler never
-    evaluates expressions (no constant folding), so checking a template's
-    syntax on save cannot run it.
-    """
-
-    intercepted_binops = frozenset({"**", "*"})
-
-    def __init__(self) -> None:
-        super().__init__(
-            autoescape=False,
-            keep_trailing_newline=True,
-            optimized=False,
-            finalize=_finalize,
-        )
-
-    def call_binop(
-        self, context: t.Any, operator_: str, left: t.Any, right: t.Any
-    ) -> t.Any:
-        if operator_ == "**":
-            if isinstance(right, int | float) and abs(right) > MAX_POWER:
-                raise SecurityError(f"exponent {right!r} is larger than {MAX_POWER}")
-            if (
-                _is_int(left)
-                and _is_int(right)
-                and left.bit_length() * right > MAX_INT_BITS
-            ):
-                raise SecurityError("the result of ** would be too large")
-            return operator.pow(left, right)
-        if _is_int(left) and _is_int(right):
-            if left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                raise SecurityError("the result of * would be too large")
-        elif (_sized(left) and _is_int(right)) or (_sized(right) and _is_int(left)):
-            size, times = (len(left), right) if _sized(left) else (len(right), left)
-            if size * times > MAX_REPEAT:
-                raise SecurityError(
-                    f"repetition would build {size * times} items (limit {MAX_REPEAT})"
-                )
-        return operator.mul(left, right)
-
-
-@functools.cache
-def environment() -> SandboxedEnvironment:
-    """The sandboxed Jinja2 environment every webhook template renders in.
-
-    An :class:`~jinja2.sandbox.ImmutableSandboxedEnvironment`; autoescaping
-    is off (bodies are JSON or text, not HTML); undefined values render as
-    empty strings, as in NetBox; the ``json`` filter is added.
-    """
-    env = _Sandbox()
-    env.filters["json"] = _json_filter
-    return env
-
-
-@functools.lru_cache(maxsize=512)
-def _compile(source: str) -> t.Any:
-    return environment().from_string(source)
-
-
-def template_syntax_error(source: str) -> str | None:
-    """The syntax error message of a template, or None when it compiles."""
-    if not source or ("{" not in source):
-        return None
-    try:
-        _compile(source)
-    except TemplateSyntaxError as e:
-        return f"line {e.lineno}: {e.message}"
-    return None
-
-
-def render(source: str, context: t.Mapping[str, t.Any]) -> str:
-    """Render ``source`` in the sandbox; plain strings are returned untouched.
-
-    :raises RenderError: for any problem while rendering, including output
-        longer than :data:`MAX_RENDERED_CHARS`.
-    """
-    if "{" not in source:
-        return source
-    try:
-        template = _compile(source)
-        parts: list[str] = []
-        size = 0
-        for chunk in template.generate(context):
-            size += len(chunk)
-            if size > MAX_RENDERED_CHARS:
-                raise RenderError(
-                    f"rendered output is longer than {MAX_RENDERED_CHARS} characters"
-                )
-            parts.append(chunk)
-    except RenderError:
-        raise
-    except Exception as e:
-        raise RenderError(f"{type(e).__name__}: {e}") from e
-    return "".join(parts)
 
 
 def template_context(
@@ -295,7 +156,11 @@ def _json_payload(payload: t.Mapping[str, t.Any]) -> dict[str, t.Any]:
 
 
 def render_body(
-    webhook: t.Any, payload: t.Mapping[str, t.Any], default_json: bytes | None
+    webhook: t.Any,
+    payload: t.Mapping[str, t.Any],
+    default_json: bytes | None,
+    *,
+    limits: TemplateLimits = DEFAULT_LIMITS,
 ) -> tuple[bytes, bool]:
     """The request body for ``webhook``; returns ``(body, is_default_json)``.
 
@@ -305,13 +170,17 @@ def render_body(
     * else the default JSON payload. ``default_json`` is the payload already
       encoded once for the event, so webhooks without a template share it.
 
-    :raises RenderError: the body template failed to render.
+    :param limits: time budget and size limit of the render
+        (``WEBHOOKS_TEMPLATE_TIMEOUT``, ``WEBHOOKS_TEMPLATE_MAX_CHARS``).
+    :raises RenderError: the body template failed to render, or exceeded
+        ``limits`` (:exc:`~flask_webhooks.templating.TemplateTimeout`,
+        :exc:`~flask_webhooks.templating.TemplateTooLarge`).
     """
     template = webhook.body_template or ""
     content_type = (webhook.http_content_type or JSON_CONTENT_TYPE).lower()
     if template.strip():
         context = template_context(_json_payload(payload), webhook)
-        text = render(template, context)
+        text = render(template, context, limits=limits)
         return text.encode("utf-8"), False
     if content_type.split(";", 1)[0].strip() == FORM_CONTENT_TYPE:
         return form_body(payload).encode("ascii"), False
@@ -337,15 +206,20 @@ def form_body(payload: t.Mapping[str, t.Any]) -> str:
     return urlencode(fields)
 
 
-def render_url(webhook: t.Any, context: t.Mapping[str, t.Any]) -> str:
+def render_url(
+    webhook: t.Any,
+    context: t.Mapping[str, t.Any],
+    *,
+    limits: TemplateLimits = DEFAULT_LIMITS,
+) -> str:
     """The webhook's ``payload_url``, rendered and checked again.
 
     :raises RenderError: the template failed, or it rendered to something that
         is not an ``http(s)://`` URL with a host (use ``|urlencode`` for values
-        that may contain spaces or slashes).
+        that may contain spaces or slashes), or it exceeded ``limits``.
     """
     source = (webhook.payload_url or "").strip()
-    url = render(source, context)
+    url = render(source, context, limits=limits)
     if url is not source:
         problem = url_problem(url)
         if problem:
@@ -353,16 +227,30 @@ def render_url(webhook: t.Any, context: t.Mapping[str, t.Any]) -> str:
     return url
 
 
-def render_headers(webhook: t.Any, context: t.Mapping[str, t.Any]) -> dict[str, str]:
+def render_headers(
+    webhook: t.Any,
+    context: t.Mapping[str, t.Any],
+    *,
+    limits: TemplateLimits = DEFAULT_LIMITS,
+) -> dict[str, str]:
     """The webhook's additional headers, rendered and checked for injection.
 
-    :raises RenderError: a value failed to render, or rendered to text with a
-        line break or another control character; nothing is sent then.
+    :raises RenderError: a value failed to render or exceeded ``limits``, a
+        value rendered to text with a line break or another control
+        character, or a header name is one the client must set itself
+        (``Host``, ``Content-Length``, hop-by-hop headers, see
+        :data:`~flask_webhooks.validation.RESERVED_HEADERS`); nothing is sent
+        then.
     """
     headers: dict[str, str] = {}
-    for name, value in parse_header_lines(webhook.additional_headers):
+    try:
+        lines = parse_header_lines(webhook.additional_headers)
+    except ValueError as e:
+        raise RenderError(f"additional_headers: {e}") from e
+    for name, value in lines:
         try:
-            rendered = render(value, context)
+            check_header_name(name)
+            rendered = render(value, context, limits=limits)
             check_header_value(name, rendered)
         except ValueError as e:
             raise RenderError(f"additional_headers {name!r}: {e}") from e

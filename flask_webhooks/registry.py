@@ -4,6 +4,7 @@ dumped by which marshmallow schema.
 
 from __future__ import annotations
 
+import base64
 import typing as t
 from dataclasses import dataclass
 from dataclasses import field
@@ -138,6 +139,22 @@ class Registry:
         return reg
 
 
+class Base64Bytes(ma.fields.Field):  # type: ignore[type-arg]
+    """Dumps ``bytes`` as base64 text, the way ``snapshots`` encode them.
+
+    The auto schema uses it for binary columns (``LargeBinary``, ``BLOB``,
+    ``BYTEA``, ...): marshmallow-sqlalchemy would make them string fields,
+    which decode as UTF-8 and fail on any other bytes.
+    """
+
+    def _serialize(
+        self, value: t.Any, attr: str | None, obj: t.Any, **kwargs: t.Any
+    ) -> t.Any:
+        if value is None:
+            return None
+        return base64.b64encode(bytes(value)).decode("ascii")
+
+
 def _is_plain_column(prop: ColumnProperty[t.Any]) -> bool:
     return all(isinstance(c, sa.Column) for c in prop.columns)
 
@@ -145,7 +162,8 @@ def _is_plain_column(prop: ColumnProperty[t.Any]) -> bool:
 def auto_schema(model: type[t.Any]) -> type[ma.Schema]:
     """Build a marshmallow-sqlalchemy auto schema for ``model``.
 
-    Foreign keys are included and relationships dump as primary keys. Column
+    Foreign keys are included and relationships dump as primary keys. Binary
+    columns dump as base64 text (:class:`Base64Bytes`), as in ``snapshots``. Column
     types marshmallow-sqlalchemy cannot convert fall back to a raw field that
     dumps the value as is (made JSON-safe later by the payload encoder).
     """
@@ -161,6 +179,8 @@ def auto_schema(model: type[t.Any]) -> type[ma.Schema]:
                 return ma.fields.Raw(dump_only=True)
 
         def _get_field_class_for_data_type(self, data_type: t.Any) -> t.Any:
+            if isinstance(data_type, sa.types._Binary):
+                return Base64Bytes
             try:
                 return super()._get_field_class_for_data_type(data_type)
             except ModelConversionError:

@@ -67,6 +67,10 @@ _STANDARD_PREFIX = "whsec_"
 _SECRET_BYTES = 24
 
 
+#: Digits a ``webhook-timestamp`` may have (unix seconds need 10 until 2286).
+_MAX_TIMESTAMP_DIGITS = 18
+
+
 def _key(secret: str | bytes) -> bytes:
     return secret.encode("utf-8") if isinstance(secret, str) else secret
 
@@ -216,8 +220,12 @@ def _standard_problem(
     raw_sigs = lowered.get(STANDARD_SIGNATURE_HEADER, "").strip()
     if not (msg_id and raw_ts and raw_sigs):
         return "missing Standard Webhooks headers (webhook-id, webhook-timestamp, webhook-signature)"
-    # int() alone would also accept "+1", "1_000" or non-ASCII digits.
-    if not (raw_ts.isascii() and raw_ts.isdigit()):
+    # int() alone would also accept "+1", "1_000" or non-ASCII digits; an
+    # overlong one would raise (OverflowError comparing with the clock,
+    # ValueError past Python's 4300-digit limit) instead of not verifying.
+    if not (
+        raw_ts.isascii() and raw_ts.isdigit() and len(raw_ts) <= _MAX_TIMESTAMP_DIGITS
+    ):
         return "invalid webhook-timestamp header"
     timestamp = int(raw_ts)
     current = time.time() if now is None else now

@@ -14,6 +14,7 @@ the transport factory, the enqueue and worker-start functions).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import typing as t
@@ -24,6 +25,11 @@ from flask import current_app
 from flask import Flask
 from flask import has_request_context
 from werkzeug.utils import import_string
+
+from .conditions import DEFAULT_CONDITION_TIMEOUT
+from .templating import DEFAULT_TEMPLATE_TIMEOUT
+from .templating import MAX_RENDERED_CHARS
+from .templating import TemplateLimits
 
 if t.TYPE_CHECKING:
     import huey as huey_mod
@@ -60,6 +66,9 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_LEASE_MARGIN": 30.0,
     "WEBHOOKS_DELIVERY_BATCH_SIZE": 50,
     "WEBHOOKS_INDEX_TTL": 0.0,
+    "WEBHOOKS_TEMPLATE_TIMEOUT": DEFAULT_TEMPLATE_TIMEOUT,
+    "WEBHOOKS_TEMPLATE_MAX_CHARS": MAX_RENDERED_CHARS,
+    "WEBHOOKS_CONDITION_TIMEOUT": DEFAULT_CONDITION_TIMEOUT,
 }
 
 
@@ -82,6 +91,16 @@ class Config:
     lease_margin: float = 30.0
     delivery_batch_size: int = 50
     index_ttl: float = 0.0
+    template_timeout: float | None = DEFAULT_TEMPLATE_TIMEOUT
+    template_max_chars: int = MAX_RENDERED_CHARS
+    condition_timeout: float | None = DEFAULT_CONDITION_TIMEOUT
+
+    @functools.cached_property
+    def template_limits(self) -> TemplateLimits:
+        """The sandbox's limits for every template render of this app."""
+        return TemplateLimits(
+            timeout=self.template_timeout, max_chars=self.template_max_chars
+        )
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:
@@ -96,6 +115,12 @@ class Config:
             if result < minimum:
                 raise ValueError(f"{key} must be at least {minimum}, got {value!r}")
             return result
+
+        def optional(key: str) -> float | None:
+            # A time limit: seconds, or None (or 0) for no limit.
+            if not c[key]:
+                return None
+            return t.cast(float, number(key, float, 0.001))
 
         schedule = c["WEBHOOKS_RETRY_SCHEDULE"]
         try:
@@ -133,6 +158,9 @@ class Config:
             lease_margin=number("WEBHOOKS_LEASE_MARGIN", float, 0),
             delivery_batch_size=number("WEBHOOKS_DELIVERY_BATCH_SIZE", int, 1),
             index_ttl=number("WEBHOOKS_INDEX_TTL", float, 0),
+            template_timeout=optional("WEBHOOKS_TEMPLATE_TIMEOUT"),
+            template_max_chars=number("WEBHOOKS_TEMPLATE_MAX_CHARS", int, 1),
+            condition_timeout=optional("WEBHOOKS_CONDITION_TIMEOUT"),
         )
 
 

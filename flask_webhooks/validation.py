@@ -28,6 +28,7 @@ from sqlalchemy.orm import object_session
 
 from .signing import is_standard_secret
 from .signing import SCHEMES
+from .templating import template_syntax_error
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_TIMEOUT",
     "RESERVED_HEADERS",
     "WebhookValidationError",
+    "check_header_name",
     "check_header_value",
     "parse_header_lines",
     "url_problem",
@@ -49,9 +51,24 @@ __all__ = [
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 #: Largest per-webhook ``timeout``, in seconds.
 MAX_TIMEOUT = 300.0
-#: Headers ``additional_headers`` may not set: they frame the request body, and
-#: the HTTP client computes them from the exact bytes it sends.
-RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding"})
+#: Headers ``additional_headers`` may not set (lower case): ``Host`` names the
+#: checked destination, ``Content-Length`` and ``Transfer-Encoding`` frame the
+#: exact body bytes sent, and the hop-by-hop headers (RFC 9110 section 7.6.1)
+#: belong to the connection the HTTP client manages. Setting any of them could
+#: smuggle a second request or reach another virtual host.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    }
+)
 
 #: RFC 9110 token characters, for header names and media types.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -124,6 +141,21 @@ def parse_header_lines(text: str | None) -> list[tuple[str, str]]:
     return headers
 
 
+def check_header_name(name: str) -> None:
+    """Refuse a header the HTTP client must set itself (:data:`RESERVED_HEADERS`).
+
+    :raises ValueError: naming the header and why.
+    """
+    if name.strip().lower() in RESERVED_HEADERS:
+        if name.strip().lower() == "host":
+            why = "the Host header always names the payload URL's host"
+        elif name.strip().lower() in ("content-length", "transfer-encoding"):
+            why = "it is computed from the body sent"
+        else:
+            why = "it is a hop-by-hop header managed by the HTTP client"
+        raise ValueError(f"{name!r} cannot be set: {why}")
+
+
 def check_header_value(name: str, value: str) -> None:
     """Refuse line breaks and other control characters in a rendered header.
 
@@ -164,8 +196,6 @@ def url_problem(url: str) -> str | None:
 def _templated_url_problem(url: str) -> str | None:
     """Checks for a ``payload_url`` containing Jinja2: syntax, and the literal
     parts (scheme, and the host when it is not templated)."""
-    from .payload import template_syntax_error
-
     problem = template_syntax_error(url)
     if problem:
         return f"template error: {problem}"
@@ -293,14 +323,9 @@ def _check_models(
 
 
 def _check_headers(errors: dict[str, str], text: str) -> None:
-    from .payload import template_syntax_error
-
     try:
         for name, value in parse_header_lines(text):
-            if name.lower() in RESERVED_HEADERS:
-                raise ValueError(
-                    f"{name!r} cannot be set: it is computed from the body sent"
-                )
+            check_header_name(name)
             problem = template_syntax_error(value)
             if problem:
                 raise ValueError(f"{name!r}: template error: {problem}")
@@ -424,8 +449,6 @@ def _is_mapped(webhook: t.Any) -> bool:
 def _validate(
     webhook: t.Any, registry: Registry | None, session: Session | None
 ) -> dict[str, str]:
-    from .payload import template_syntax_error
-
     errors: dict[str, str] = {}
     changed = _changed_fields(webhook)
 

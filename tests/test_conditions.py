@@ -5,11 +5,14 @@ import json
 import logging
 import pickle
 import threading
+import time
 import types
 from typing import Any
 
 import pytest
 from flask_webhooks.conditions import ConditionSet
+from flask_webhooks.conditions import ConditionTimeout
+from flask_webhooks.conditions import DEFAULT_CONDITION_TIMEOUT
 from flask_webhooks.conditions import InvalidConditions
 from flask_webhooks.conditions import OPERATORS
 
@@ -1078,3 +1081,50 @@ def test_invalid_conditions_keeps_location_when_pickled() -> None:
     clone = pickle.loads(pickle.dumps(info.value))
     assert (clone.location, str(clone)) == ("or[0].op", str(info.value))
     assert clone.reason.startswith("unknown operator 'nope'")
+
+
+# -- regex time limit (issue 13, item 9) --------------------------------------
+
+REDOS = {"attr": "name", "op": "regex", "value": "(a|aa)+$"}
+EVIL = "a" * 40 + "!"
+
+
+def test_catastrophic_regex_times_out_with_a_clear_error() -> None:
+    conditions = ConditionSet(REDOS)
+    started = time.monotonic()
+    with pytest.raises(ConditionTimeout) as info:
+        conditions.eval({"name": EVIL})
+    assert time.monotonic() - started < 0.5
+    assert isinstance(info.value, ValueError)
+    assert str(info.value) == (
+        "condition on 'name': regex '(a|aa)+$' took longer than 0.1 s "
+        "(WEBHOOKS_CONDITION_TIMEOUT); simplify the pattern"
+    )
+    assert pickle.loads(pickle.dumps(info.value)).args == info.value.args
+
+
+def test_issue_pattern_is_fast_and_timeout_is_a_parameter() -> None:
+    # The issue's (a+)+$ on 26 characters took 2.2 s with re.
+    started = time.monotonic()
+    assert (
+        ConditionSet({"attr": "n", "op": "regex", "value": "(a+)+$"}).eval(
+            {"n": "a" * 26 + "b"}
+        )
+        is False
+    )
+    assert time.monotonic() - started < 0.5
+    with pytest.raises(ConditionTimeout, match=r"longer than 0\.01 s"):
+        ConditionSet(REDOS, regex_timeout=0.01).eval({"name": EVIL})
+    assert DEFAULT_CONDITION_TIMEOUT == 0.1
+
+
+def test_regex_keeps_match_semantics() -> None:
+    starts = ConditionSet({"attr": "s", "op": "regex", "value": "ams"})
+    assert starts.eval({"s": "ams1"}) is True
+    assert starts.eval({"s": "x-ams1"}) is False  # anchored at the start
+    assert ConditionSet({"attr": "s", "op": "regex", "value": "a.*1$"}).eval(
+        {"s": "ams1"}
+    )
+    assert starts.eval({"s": None}) is False  # a type mismatch is a non-match
+    with pytest.raises(InvalidConditions, match="invalid regular expression"):
+        ConditionSet({"attr": "s", "op": "regex", "value": "(unclosed"})

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,8 @@ from flask_webhooks.receiver import verify_webhook
 from flask_webhooks.signing import generate_secret
 from flask_webhooks.signing import sign
 from flask_webhooks.signing import standard_headers
+from flask_webhooks.signing import verify
+from flask_webhooks.signing import verify_standard
 
 NETBOX_SECRET = "receiver-secret"
 STANDARD_SECRET = generate_secret()
@@ -262,3 +265,47 @@ def test_unknown_scheme_is_rejected_at_decoration() -> None:
 def test_standard_scheme_needs_whsec_secret_at_decoration() -> None:
     with pytest.raises(ValueError, match="must be 'whsec_' followed by base64"):
         verify_webhook("plain", scheme="standard")
+
+
+# -- garbage never raises (issue 13, item 4) ----------------------------------
+
+GARBAGE_TIMESTAMPS = ["9" * 400, "9" * 5000, "1" * 19, "٣٤", "+1", "1_0", "-5", "1e9"]
+
+
+@pytest.mark.parametrize("timestamp", GARBAGE_TIMESTAMPS, ids=range(8))
+@pytest.mark.parametrize("path", ["/standard", "/any"])
+def test_garbage_timestamp_is_401_not_500(
+    client: FlaskClient, path: str, timestamp: str
+) -> None:
+    headers = std_headers()
+    headers["webhook-timestamp"] = timestamp
+    response = client.post(path, data=BODY, headers=headers)
+    assert response.status_code == 401
+    assert b"webhook-timestamp" in response.data or b"signature" in response.data
+
+
+@pytest.mark.parametrize("timestamp", GARBAGE_TIMESTAMPS, ids=range(8))
+def test_verify_standard_returns_false_for_garbage_timestamp(timestamp: str) -> None:
+    headers = std_headers()
+    headers["webhook-timestamp"] = timestamp
+    assert verify_standard(STANDARD_SECRET, headers, BODY) is False
+
+
+def test_fuzzed_headers_never_raise(client: FlaskClient) -> None:
+    rng = random.Random(13)
+    alphabet = "0123456789abcdef,v1 .=+/_-é€\t\x7f" + "ÿ"
+    good = std_headers()
+    for _ in range(300):
+        headers = dict(good)
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+            if rng.random() < 0.6:
+                length = rng.choice([0, 1, 5, 44, 400, 5000])
+                headers[name] = "".join(rng.choice(alphabet) for _ in range(length))
+        netbox = "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 128, 999])))
+        assert verify_standard(STANDARD_SECRET, headers, BODY) in (True, False)
+        assert verify(NETBOX_SECRET, BODY, netbox) is False
+        wire = {k: v.encode("utf-8").decode("latin-1") for k, v in headers.items()}
+        wire["X-Hook-Signature"] = netbox.encode("utf-8").decode("latin-1")
+        for path in ("/standard", "/any", "/netbox"):
+            response = client.post(path, data=BODY, headers=wire)
+            assert response.status_code in (200, 401), (path, wire)

@@ -7,13 +7,21 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import time
+import types
 
 import pytest
 import sqlalchemy as sa
 from flask_webhooks.payload import MAX_RENDERED_CHARS
 from flask_webhooks.payload import render
+from flask_webhooks.payload import render_body
+from flask_webhooks.payload import render_headers
+from flask_webhooks.payload import render_url
 from flask_webhooks.payload import RenderError
 from flask_webhooks.payload import template_syntax_error
+from flask_webhooks.templating import TemplateLimits
+from flask_webhooks.templating import TemplateTimeout
+from flask_webhooks.templating import TemplateTooLarge
 
 from tests.conftest import D
 from tests.conftest import Status
@@ -447,3 +455,167 @@ def test_render_basics():
     assert render("line\n", context) == "line\n"
     with pytest.raises(RenderError, match="UndefinedError"):
         render("{{ missing.deeper.still }}", context)
+
+
+# -- limits (issue 13, items 2 and 3) ------------------------------------------
+
+#: Each would build hundreds of megabytes or more without the size checks.
+SIZE_BOMBS = {
+    "tilde-doubling": "{% set a = 'x' * 1000000 %}{% set a = a ~ a %}"
+    "{% set a = a ~ a %}{% set a = a ~ a %}{% set a = a ~ a %}{{ a }}",
+    "plus-doubling": "{% set a = 'x' * 1000000 %}{% set a = a + a %}"
+    "{% set a = a + a %}{% set a = a + a %}{% set a = a + a %}{{ a }}",
+    "join-of-repeated-list": "{{ (['a' * 1048576] * 1024)|join }}",
+    "print-repeated-list": "{{ ['a' * 1048576] * 100 }}",
+    "center-filter": "{{ 'a'|center(10 ** 9) }}",
+    "center-method": "{{ 'a'.center(10 ** 9) }}",
+    "printf-filter": "{{ '%1000000000s'|format(1) }}",
+    "printf-operator": "{{ '%1000000000s' % 1 }}",
+    "str-format": "{{ '{:>1000000000}'.format(1) }}",
+    "replace-empty": "{{ ('a' * 1000000).replace('', 'b' * 100) }}",
+    "indent": "{{ ('a\n' * 500000)|indent(1000) }}",
+    "repeat": "{{ 'ab' * (10 ** 9) }}",
+}
+
+
+@pytest.mark.parametrize("template", SIZE_BOMBS.values(), ids=SIZE_BOMBS.keys())
+def test_size_bombs_fail_before_allocating(template):
+    started = time.monotonic()
+    with pytest.raises(RenderError) as info:
+        render(template, {"data": {}})
+    assert time.monotonic() - started < 0.5
+    message = str(info.value)
+    assert "limited to 10485760 (WEBHOOKS_TEMPLATE_MAX_CHARS)" in message or (
+        "repetition would build" in message
+    )
+
+
+def test_size_limit_is_a_parameter():
+    small = TemplateLimits(max_chars=100)
+    assert render("{{ 'a' * 50 }}", {}, limits=small) == "a" * 50
+    with pytest.raises(TemplateTooLarge, match="limited to 100 "):
+        render("{{ 'a' * 50 ~ 'b' * 51 }}", {}, limits=small)
+    with pytest.raises(TemplateTooLarge, match="longer than 100 characters"):
+        render("{% for i in range(3) %}{{ 'a' * 40 }}{% endfor %}", {}, limits=small)
+
+
+def test_lipsum_is_limited():
+    assert render("{{ lipsum(2, html=False)|length > 0 }}", {}) == "True"
+    with pytest.raises(RenderError, match=r"lipsum.*at most 20 paragraphs"):
+        render("{{ lipsum(n=300000) }}", {})
+    with pytest.raises(RenderError, match="at most 100 words"):
+        render("{{ lipsum(1, max=10 ** 6) }}", {})
+
+
+def test_ordinary_templates_are_unaffected_by_the_checks():
+    context = {"data": {"name": "ams1", "tags": [{"slug": "a"}, {"slug": "b"}]}}
+    template = (
+        "{{ data.name|center(8) }}|{{ data.tags|map(attribute='slug')|join(',') }}|"
+        "{{ '%05d'|format(42) }}|{{ '{}-{}'.format(1, 2) }}|{{ 'a' ~ 1 ~ none }}|"
+        "{% for t in data.tags %}{{ loop.index }}{{ t.slug }}{% endfor %}|"
+        "{{ [1, 2] + [3] }}|{{ 2 ** 10 }}"
+    )
+    assert render(template, context) == (
+        "  ams1  |a,b|00042|1-2|a1None|1a2b|[1, 2, 3]|1024"
+    )
+
+
+BUSY = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        BUSY,
+        "{% for i in range(100000) %}{% for c in 'x' * 100000 %}{% endfor %}"
+        "{% endfor %}",
+        "{% for i in range(100000) %}{{ ('ab' * 100000)|reverse|list|length }}"
+        "{% endfor %}",
+    ],
+    ids=["nested-ranges", "nested-string-loop", "filters-in-a-loop"],
+)
+def test_time_budget_stops_a_busy_template(template):
+    started = time.monotonic()
+    with pytest.raises(TemplateTimeout) as info:
+        render(template, {}, limits=TemplateLimits(timeout=0.2))
+    assert 0.2 <= time.monotonic() - started < 1.0
+    assert str(info.value) == (
+        "template exceeded its time budget of 0.2 s (WEBHOOKS_TEMPLATE_TIMEOUT)"
+    )
+
+
+def test_default_time_budget_is_one_second():
+    started = time.monotonic()
+    with pytest.raises(TemplateTimeout, match="time budget of 1 s"):
+        render(BUSY, {})
+    assert time.monotonic() - started < 2.0
+
+
+def test_commit_time_body_render_takes_the_budget():
+    hook = types.SimpleNamespace(
+        id=1, name="bomb", body_template=BUSY, http_content_type="application/json"
+    )
+    started = time.monotonic()
+    with pytest.raises(TemplateTimeout):
+        render_body(hook, {"data": {}}, None, limits=TemplateLimits(timeout=0.1))
+    assert time.monotonic() - started < 0.6
+
+
+def test_send_time_url_and_headers_take_the_budget():
+    hook = types.SimpleNamespace(
+        id=1,
+        name="bomb",
+        payload_url="http://127.0.0.1/" + BUSY,
+        additional_headers="X-Busy: " + BUSY,
+    )
+    limits = TemplateLimits(timeout=0.1)
+    with pytest.raises(TemplateTimeout):
+        render_url(hook, {}, limits=limits)
+    with pytest.raises(RenderError, match=r"'X-Busy'.*time budget of 0\.1 s"):
+        render_headers(hook, {}, limits=limits)
+
+
+@SQLITE_ONLY
+def test_busy_body_template_fails_the_delivery_not_the_commit(
+    webhooks, db, models, receiver, make_hook
+):
+    make_hook(body_template=BUSY)
+    started = time.monotonic()
+    add_site(models, db)
+    assert time.monotonic() - started < 3.0
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert "template exceeded its time budget" in delivery.last_error
+    assert receiver.requests == []
+    assert sites(models, db) == ["ams1"]
+
+
+# -- reserved headers at render time (issue 13, item 13) ------------------------
+
+
+@pytest.mark.parametrize("name", ["Host", "connection", "Transfer-Encoding", "TE"])
+def test_reserved_header_is_refused_at_render_time(name):
+    hook = types.SimpleNamespace(id=1, name="h", additional_headers=f"{name}: x")
+    with pytest.raises(RenderError, match=f"'{name}' cannot be set"):
+        render_headers(hook, {})
+
+
+@SQLITE_ONLY
+def test_reserved_header_saved_before_validation_is_never_sent(
+    webhooks, db, models, receiver, make_hook
+):
+    hook = make_hook()
+    # Rows written before this rule existed (or by SQL) skip validation.
+    db.session.execute(
+        sa.update(webhooks.Webhook)
+        .where(webhooks.Webhook.id == hook.id)
+        .values(additional_headers="Host: internal.example")
+    )
+    db.session.commit()
+    add_site(models, db)
+    (delivery,) = deliveries(webhooks, db)
+    assert delivery.status == "failed"
+    assert "'Host' cannot be set" in delivery.last_error
+    assert receiver.requests == []

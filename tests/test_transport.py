@@ -34,6 +34,7 @@ from flask_webhooks.transport.message import HTTPResult
 from flask_webhooks.transport.message import parse_retry_after
 from flask_webhooks.transport.policy import BlockedAddress
 from flask_webhooks.transport.policy import DEFAULT_DENIED_NETWORKS
+from flask_webhooks.transport.policy import embedded_ipv4
 from flask_webhooks.transport.policy import URLPolicy
 
 
@@ -1089,3 +1090,53 @@ def test_https_policy_applies(
         t.close()
     assert result.error_kind == "blocked"
     assert connects == []
+
+
+# -- IPv6 transition forms (issue 13, item 14): policy checks only, no traffic --
+
+TRANSITION_FORMS = {
+    "ipv4-mapped": ("::ffff:169.254.169.254", "169.254.169.254"),
+    "ipv4-mapped-hex": ("::ffff:a9fe:a9fe", "169.254.169.254"),
+    "ipv4-compatible": ("::169.254.169.254", "169.254.169.254"),
+    "nat64": ("64:ff9b::169.254.169.254", "169.254.169.254"),
+    "nat64-hex": ("64:ff9b::a9fe:a9fe", "169.254.169.254"),
+    "6to4": ("2002:a9fe:a9fe::1", "169.254.169.254"),
+    # Teredo: server 169.254.169.254, client bits are the inverted IPv4.
+    "teredo-server": ("2001:0:a9fe:a9fe::ffff:ffff", "169.254.169.254"),
+    "teredo-client": ("2001:0:4136:e378:8000:63bf:5601:5601", "169.254.169.254"),
+}
+
+
+@pytest.mark.parametrize(
+    ("address", "ipv4"), TRANSITION_FORMS.values(), ids=TRANSITION_FORMS.keys()
+)
+def test_ipv6_transition_forms_are_checked_as_their_ipv4(address, ipv4):
+    assert ipaddress.IPv4Address(ipv4) in embedded_ipv4(ipaddress.ip_address(address))
+    policy = URLPolicy()  # default: link-local (cloud metadata) denied
+    with pytest.raises(BlockedAddress, match=r"169\.254\.0\.0/16") as info:
+        policy.check(address, host="evil.example")
+    assert info.value.address == address
+    assert not policy.is_allowed(address)
+    # Resolving a name to it is refused the same way (fake resolver, no DNS).
+    resolving = URLPolicy(resolver=lambda host, port: [address])
+    with pytest.raises(BlockedAddress):
+        resolving.resolve("evil.example", 443)
+
+
+def test_embedded_ipv4_follows_deny_and_allow_lists():
+    private = URLPolicy(denied=["10.0.0.0/8", "127.0.0.0/8"], allowed=["10.1.0.0/16"])
+    assert not private.is_allowed("64:ff9b::10.2.3.4")
+    assert not private.is_allowed("::127.0.0.1")
+    assert not private.is_allowed("2002:7f00:1::")
+    assert private.is_allowed("64:ff9b::10.1.2.3")  # allowed wins, as for IPv4
+    assert private.is_allowed("64:ff9b::8.8.8.8")
+    with pytest.raises(BlockedAddress, match=r"embeds the IPv4 address 10\.2\.3\.4"):
+        private.check("64:ff9b::a02:304")
+
+
+def test_plain_ipv6_is_not_mistaken_for_a_transition_form():
+    assert embedded_ipv4(ipaddress.ip_address("::1")) == ()
+    assert embedded_ipv4(ipaddress.ip_address("2001:db8::1")) == ()
+    assert embedded_ipv4(ipaddress.ip_address("2606:4700::1111")) == ()
+    assert URLPolicy(denied=["127.0.0.0/8"]).is_allowed("::1")
+    assert URLPolicy().is_allowed("2606:4700::1111")

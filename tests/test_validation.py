@@ -230,6 +230,46 @@ BAD = {
         {"additional_headers": "transfer-encoding: chunked"},
         "cannot be set",
     ),
+    "header-host": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nHost: internal.example"},
+        "'Host' cannot be set: the Host header always names",
+    ),
+    "header-connection": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nConnection: close"},
+        "'Connection' cannot be set: it is a hop-by-hop header",
+    ),
+    "header-keep-alive": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nKeep-Alive: timeout=5"},
+        "'Keep-Alive' cannot be set: it is a hop-by-hop header",
+    ),
+    "header-proxy-connection": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nProxy-Connection: close"},
+        "'Proxy-Connection' cannot be set: it is a hop-by-hop header",
+    ),
+    "header-te": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nTE: trailers"},
+        "'TE' cannot be set: it is a hop-by-hop header",
+    ),
+    "header-trailer": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nTrailer: X-A"},
+        "'Trailer' cannot be set: it is a hop-by-hop header",
+    ),
+    "header-upgrade": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nUpgrade: websocket"},
+        "'Upgrade' cannot be set: it is a hop-by-hop header",
+    ),
+    "header-host-templated": (
+        "additional_headers",
+        {"additional_headers": "X-Ok: 1\nhost: {{ data.name }}"},
+        "'host' cannot be set: the Host header always names",
+    ),
     "header-not-str": ("additional_headers", {"additional_headers": 5}, "a string"),
     # body_template
     "body-unclosed": (

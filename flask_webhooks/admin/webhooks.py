@@ -301,9 +301,10 @@ class WebhookView(AdminViewMixin, ModelView):
                 continue
             rows.append(
                 test_delivery_row(
-                    state,
                     hook,
                     message="This is a test delivery from the flask-webhooks admin.",
+                    username=state.username(),
+                    limits=state.config.template_limits,
                 )
             )
         # End the session's read transaction before other connections write

@@ -24,6 +24,10 @@ import sqlalchemy as sa
 
 from .. import models as m
 from ..conditions import ConditionSet
+from ..conditions import ConditionTimeout
+from ..conditions import DEFAULT_CONDITION_TIMEOUT
+from ..templating import DEFAULT_LIMITS
+from ..templating import TemplateLimits
 
 if t.TYPE_CHECKING:
     from ..conditions import ConditionSet
@@ -51,6 +55,8 @@ class Hook:
     row: t.Any
     conditions: ConditionSet | None
     broken: str | None = None
+    #: The sandbox limits of this webhook's body template.
+    limits: TemplateLimits = DEFAULT_LIMITS
     id: int = field(init=False)
     name: str = field(init=False)
     content_type: str = field(init=False)
@@ -72,11 +78,17 @@ class Hook:
         self.plain = self.default_body and self.conditions is None
 
     def matches(self, data: t.Any, snapshots: t.Mapping[str, t.Any]) -> bool:
-        """Whether the condition set (if any) accepts this event."""
+        """Whether the condition set (if any) accepts this event.
+
+        :raises ConditionTimeout: a ``regex`` condition ran out of time; the
+            outbox records a failed delivery with the message.
+        """
         if self.conditions is None:
             return True
         try:
             return bool(self.conditions.eval(data, snapshots=snapshots))
+        except ConditionTimeout:
+            raise
         except Exception:
             logger.exception("flask-webhooks: conditions of %r failed", self.name)
             return False
@@ -118,13 +130,22 @@ class Index:
         return found
 
     @classmethod
-    def build(cls, signature: tuple[t.Any, ...], rows: t.Iterable[t.Any]) -> Index:
+    def build(
+        cls,
+        signature: tuple[t.Any, ...],
+        rows: t.Iterable[t.Any],
+        *,
+        regex_timeout: float | None = DEFAULT_CONDITION_TIMEOUT,
+        limits: TemplateLimits = DEFAULT_LIMITS,
+    ) -> Index:
         hooks: dict[tuple[str, str], list[Hook]] = {}
         for row in rows:
             conditions = None
             if row.conditions not in (None, "", {}):
                 try:
-                    conditions = ConditionSet(row.conditions)
+                    conditions = ConditionSet(
+                        row.conditions, regex_timeout=regex_timeout
+                    )
                 except ValueError as e:
                     # Saved before validation existed, or edited in SQL.
                     logger.error(
@@ -134,7 +155,7 @@ class Index:
                         e,
                     )
                     continue
-            hook = Hook(row, conditions)
+            hook = Hook(row, conditions, limits=limits)
             for model in dict.fromkeys(row.models or ()):  # each model once
                 for event_name, flag in _EVENT_FLAGS:
                     if getattr(row, flag):
@@ -163,11 +184,22 @@ class IndexCache:
 
     :param ttl: seconds a checked index is trusted without asking the
         database again; 0 checks in every committing transaction.
+    :param regex_timeout: the time limit of one ``regex`` condition match.
+    :param limits: the sandbox limits of body templates.
     """
 
-    def __init__(self, table: sa.Table, ttl: float = 0.0) -> None:
+    def __init__(
+        self,
+        table: sa.Table,
+        ttl: float = 0.0,
+        *,
+        regex_timeout: float | None = DEFAULT_CONDITION_TIMEOUT,
+        limits: TemplateLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.table = table
         self.ttl = ttl
+        self.regex_timeout = regex_timeout
+        self.limits = limits
         self._checked_at = float("-inf")
         _CACHES.add(self)
         self._lock = threading.Lock()
@@ -205,7 +237,9 @@ class IndexCache:
             self._checked_at = checked_at
             return index
         rows = connection.execute(self._rows_query).all()
-        index = Index.build(signature, rows)
+        index = Index.build(
+            signature, rows, regex_timeout=self.regex_timeout, limits=self.limits
+        )
         with self._lock:
             self._index = index
             self._checked_at = checked_at

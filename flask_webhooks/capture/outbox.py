@@ -17,10 +17,13 @@ import uuid
 from dataclasses import dataclass
 
 from .. import models as m
+from ..conditions import ConditionTimeout
 from ..payload import comparable
 from ..payload import dumps
 from ..payload import envelope
 from ..payload import render_body
+from ..templating import DEFAULT_LIMITS
+from ..templating import TemplateLimits
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm.state import InstanceState
@@ -41,7 +44,13 @@ _ID_PREFIX = 33
 TEST_EVENT = "test"
 
 
-def test_delivery_row(state: t.Any, hook: t.Any, *, message: str) -> dict[str, t.Any]:
+def test_delivery_row(
+    hook: t.Any,
+    *,
+    message: str,
+    username: str | None,
+    limits: TemplateLimits = DEFAULT_LIMITS,
+) -> dict[str, t.Any]:
     """The outbox row of a ``test`` delivery for ``hook``, with a sample payload.
 
     The body is rendered like any other delivery's (the webhook's body
@@ -51,7 +60,6 @@ def test_delivery_row(state: t.Any, hook: t.Any, *, message: str) -> dict[str, t
     """
     now = m.utcnow()
     request_id = str(uuid.uuid4())
-    username = state.username()
     model = (hook.models or [""])[0]
     payload = envelope(
         event=TEST_EVENT,
@@ -88,7 +96,7 @@ def test_delivery_row(state: t.Any, hook: t.Any, *, message: str) -> dict[str, t
         "completed_at": None,
     }
     try:
-        body, is_default = render_body(hook, payload, None)
+        body, is_default = render_body(hook, payload, None, limits=limits)
     except Exception as e:
         row.update(
             status=m.FAILED, last_error=f"body template error: {e}", completed_at=now
@@ -288,7 +296,11 @@ def _build_event(
         if hook.conditions is not None:
             if seen is None:
                 seen = comparable((data, payload["snapshots"]))
-            if not hook.matches(seen[0], seen[1]):
+            try:
+                if not hook.matches(seen[0], seen[1]):
+                    continue
+            except ConditionTimeout as e:
+                add(_row(shared, hook, m.FAILED, now, error=f"condition error: {e}"))
                 continue
         if hook.default_body:
             if default_json is None:
@@ -296,7 +308,7 @@ def _build_event(
             add(_row(shared, hook, m.PENDING, now, body=default_json))
             continue
         try:
-            body, _ = render_body(hook.row, payload, default_json)
+            body, _ = render_body(hook.row, payload, default_json, limits=hook.limits)
         except Exception as e:
             add(_row(shared, hook, m.FAILED, now, error=f"body template error: {e}"))
             continue

@@ -164,12 +164,13 @@ def build_request(
     if needs_context:
         payload = json.loads(row.payload if row.payload is not None else body)
         context = template_context(payload, hook)
-    url = render_url(hook, context)
+    limits = state.config.template_limits
+    url = render_url(hook, context, limits=limits)
     headers: dict[str, str] = {
         "Content-Type": row.content_type or "application/json",
         "User-Agent": USER_AGENT,
     }
-    headers.update(render_headers(hook, context))
+    headers.update(render_headers(hook, context, limits=limits))
     headers["X-Webhook-ID"] = row.id
     headers["X-Webhook-Attempt"] = str(attempt)
     # Signatures are set last: they win over additional headers.

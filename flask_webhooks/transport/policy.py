@@ -39,6 +39,8 @@ __all__ = [
     "BlockedAddress",
     "URLPolicy",
 ]
+# embedded_ipv4 is public but left out of __all__: everything in __all__ is
+# re-exported by flask_webhooks.transport, which this change does not touch.
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -107,6 +109,36 @@ def _parse_address(value: str) -> Address:
     return address
 
 
+#: NAT64 well-known prefix (RFC 6052): the last 32 bits are an IPv4 address.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: IPv4-compatible addresses (deprecated, RFC 4291): ``::a.b.c.d``.
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 transition address leads to.
+
+    ``::ffff:a.b.c.d`` (IPv4-mapped), ``::a.b.c.d`` (IPv4-compatible),
+    ``64:ff9b::a.b.c.d`` (NAT64), ``2002:AABB:CCDD::/48`` (6to4) and Teredo
+    ``2001::/32`` (its server and its client address). Such an address may
+    reach the IPv4 host through a translator or tunnel, so the policy checks
+    these IPv4 addresses as well. Empty for anything else.
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return ()
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        found.append(low32)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return tuple(found)
+
+
 def _default_resolver(host: str, port: int) -> list[str]:
     infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
     return [str(info[4][0]) for info in infos]
@@ -119,7 +151,9 @@ class URLPolicy:
     allowed network (allowed wins, so denying ``10.0.0.0/8`` while allowing
     ``10.1.2.0/24`` works). The unspecified addresses ``0.0.0.0`` and ``::``
     are always refused. IPv4-mapped IPv6 addresses (``::ffff:a.b.c.d``) are
-    checked as their IPv4 form.
+    checked as their IPv4 form; other IPv6 transition forms (IPv4-compatible,
+    NAT64 ``64:ff9b::/96``, 6to4 ``2002::/16``, Teredo ``2001::/32``) are
+    checked as themselves *and* as the IPv4 addresses they embed.
 
     :param allowed: networks (CIDR strings or :mod:`ipaddress` networks) that
         are always permitted, even inside a denied network.
@@ -148,15 +182,18 @@ class URLPolicy:
     def denied_network(self, address: str | Address) -> Network | None:
         """Return the denied network that refuses ``address``, or None.
 
-        Does not cover the always-refused unspecified addresses; use
-        :meth:`check` for the full rule.
+        For an IPv6 transition address (:func:`embedded_ipv4`), the IPv4
+        addresses it embeds are checked too, each against both lists. Does
+        not cover the always-refused unspecified addresses; use :meth:`check`
+        for the full rule.
         """
         ip = _parse_address(str(address))
-        if any(ip in net for net in self.allowed):
-            return None
-        for net in self.denied:
-            if ip in net:
-                return net
+        for candidate in (ip, *embedded_ipv4(ip)):
+            if any(candidate in net for net in self.allowed):
+                continue
+            for net in self.denied:
+                if candidate in net:
+                    return net
         return None
 
     def is_allowed(self, address: str | Address) -> bool:
@@ -194,8 +231,10 @@ class URLPolicy:
             )
         network = self.denied_network(ip)
         if network is not None:
+            via = [str(v4) for v4 in embedded_ipv4(ip) if v4 in network]
+            embeds = f" (it embeds the IPv4 address {via[0]})" if via else ""
             raise BlockedAddress(
-                f"blocked: {where} is in denied network {network}",
+                f"blocked: {where} is in denied network {network}{embeds}",
                 host=host or address,
                 address=address,
                 network=network,

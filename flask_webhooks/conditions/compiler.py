@@ -1,175 +1,37 @@
-"""Condition sets: NetBox's condition language for deciding whether a webhook fires.
-
-A webhook's ``conditions`` are a JSON document in NetBox's condition-set
-language (see ``docs/conditions.rst``)::
-
-    {"and": [
-        {"attr": "status", "value": "active"},
-        {"attr": "tags.slug", "value": "prod", "op": "contains"},
-        {"attr": "status", "op": "changed"}
-    ]}
-
-:class:`ConditionSet` validates such a document once, compiles it into nested
-closures (paths pre-split, regular expressions pre-compiled) and is then
-evaluated for every captured event, so evaluation allocates nothing but the
-lists produced by mapping a path over a list.
-
-Evaluation rules, where NetBox is followed and where we go further:
-
-- ``attr`` is a dotted path into the event data; a list met on the way is
-  mapped over (``tags.slug`` gives ``["a", "b"]``).
-- A comparison that raises :exc:`TypeError` (``gt`` against a string,
-  ``regex`` against null, ...) is a plain non-match: False, then ``negate``
-  inverts it.
-- An attribute that cannot be resolved (a key is absent, the path runs into
-  null or into a scalar) fails closed, as in NetBox: the condition is False
-  *whatever its* ``negate`` and a warning is logged once per condition set and
-  attribute. Unlike NetBox, where the error aborts the whole set (so the result
-  of an ``or`` depends on the order of its members), only that condition is
-  affected and its siblings are evaluated normally.
-- ``snapshots.prechange.<path>`` / ``snapshots.postchange.<path>`` read the
-  snapshots passed to :meth:`ConditionSet.eval`. A snapshot that is null (the
-  prechange of a create, the postchange of a delete) reads as null.
-- ``changed`` / ``unchanged`` compare a column between the two snapshots; on a
-  create or a delete ``changed`` is True and ``unchanged`` False.
-"""
+"""Validation and compilation of condition sets: :class:`ConditionSet`."""
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import logging
-import operator
-import re
 import threading
-from collections.abc import Callable
 from collections.abc import Mapping
 from typing import Any
-from typing import Final
-from typing import TypeAlias
 
-__all__ = ["OPERATORS", "ConditionSet", "InvalidConditions"]
+import regex
 
-logger = logging.getLogger(__name__)
+from .operators import _ABSENT
+from .operators import _apply
+from .operators import _CONDITION_KEYS
+from .operators import _Evaluator
+from .operators import _LOGIC
+from .operators import _SNAPSHOT_OPERATORS
+from .operators import _SNAPSHOTS
+from .operators import _Test
+from .operators import _test_for
+from .operators import _type_name
+from .operators import _TYPES
+from .operators import _Unresolved
+from .operators import _UNWALKABLE
+from .operators import _walk
+from .operators import _WANTED
+from .operators import DEFAULT_CONDITION_TIMEOUT
+from .operators import InvalidConditions
+from .operators import OPERATORS
 
-#: Every operator a condition may use, in the order error messages list them.
-OPERATORS: Final[tuple[str, ...]] = (
-    "eq",
-    "gt",
-    "gte",
-    "lt",
-    "lte",
-    "in",
-    "contains",
-    "regex",
-    "changed",
-    "unchanged",
-)
-
-_SNAPSHOT_OPERATORS: Final = frozenset({"changed", "unchanged"})
-
-# Which operators each type of ``value`` allows (NetBox's Condition.TYPES). The
-# type is matched exactly, so a bool is not an int here.
-_TYPES: Final[dict[type, frozenset[str]]] = {
-    str: frozenset({"eq", "contains", "regex"}),
-    bool: frozenset({"eq", "contains"}),
-    int: frozenset({"eq", "gt", "gte", "lt", "lte", "contains"}),
-    float: frozenset({"eq", "gt", "gte", "lt", "lte", "contains"}),
-    list: frozenset({"eq", "in", "contains"}),
-    type(None): frozenset({"eq"}),
-}
-_WANTED: Final = {
-    "gt": "a number",
-    "gte": "a number",
-    "lt": "a number",
-    "lte": "a number",
-    "in": "a list",
-    "contains": "a string, boolean, number or list",
-    "regex": "a string",
-}
-
-_CONDITION_KEYS: Final = ("attr", "value", "op", "negate")
-_LOGIC: Final = ("and", "or")
-_SNAPSHOTS: Final = {"prechange": "postchange", "postchange": "prechange"}
-
-_SEQUENCES: Final = (list, tuple)
-
-_Evaluator: TypeAlias = Callable[[Any, "Mapping[str, Any] | None"], bool]
-_Test: TypeAlias = Callable[[Any], Any]
-
-
-class InvalidConditions(ValueError):
-    """A condition-set definition is malformed.
-
-    The message starts with where the problem is, as a path into the
-    definition (``"and[1].op: unknown operator 'eqq' ..."``); a problem with the
-    top level has no location prefix.
-
-    :param reason: What is wrong.
-    :param location: Where, e.g. ``"and[1].op"``; empty for the top level.
-    """
-
-    def __init__(self, reason: str, location: str = "") -> None:
-        super().__init__(f"{location}: {reason}" if location else reason)
-        #: Path into the definition, e.g. ``"or[0].value"``; empty for the top level.
-        self.location = location
-        #: The problem, without the location.
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[InvalidConditions], tuple[str, str]]:
-        # Keep reason and location apart when pickled (e.g. into a task queue).
-        return type(self), (self.reason, self.location)
-
-
-class _Unresolved:
-    """Sentinel type for a path that did not resolve to a value."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-# A key is absent, or the path runs into null: nothing is there.
-_ABSENT: Final = _Unresolved("<absent>")
-# The path runs into a scalar (or a list of scalars): it cannot fit this data.
-_UNWALKABLE: Final = _Unresolved("<unwalkable>")
-
-
-def _walk(obj: Any, keys: tuple[str, ...]) -> Any:
-    """Follow ``keys`` through nested mappings, mapping over lists (NetBox's walk_path)."""
-    for key in keys:
-        if isinstance(obj, dict):
-            obj = obj.get(key, _ABSENT)
-            if obj is _ABSENT:
-                return _ABSENT
-        elif obj is None:
-            return _ABSENT
-        elif isinstance(obj, _SEQUENCES):
-            values = []
-            for item in obj:
-                # type() first: an ABC isinstance() check costs ~5x more.
-                if type(item) is dict or isinstance(item, Mapping):
-                    value = item.get(key, _ABSENT)
-                    if value is _ABSENT:
-                        return _ABSENT
-                    values.append(value)
-                elif item is None:
-                    return _ABSENT
-                else:
-                    return _UNWALKABLE
-            obj = values
-        elif isinstance(obj, Mapping):
-            obj = obj.get(key, _ABSENT)
-            if obj is _ABSENT:
-                return _ABSENT
-        else:
-            return _UNWALKABLE
-    return obj
+# The package's name: what users configure logging for.
+logger = logging.getLogger("flask_webhooks.conditions")
 
 
 class _MissingLog:
@@ -198,54 +60,12 @@ class _MissingLog:
         )
 
 
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _test_for(op: str, expected: Any) -> _Test:
-    """Return the comparison for ``op``: called with the data value, it returns
-    something truthy on a match and may raise TypeError.
-
-    Built from C-level callables where possible (about twice as fast as a
-    lambda). Ordered comparisons are mirrored (``v > x`` is ``x < v``), which
-    Python's reflected-operator protocol makes equivalent.
-    """
-    if op == "eq":
-        return functools.partial(operator.eq, expected)
-    if op == "gt":
-        return functools.partial(operator.lt, expected)
-    if op == "gte":
-        return functools.partial(operator.le, expected)
-    if op == "lt":
-        return functools.partial(operator.gt, expected)
-    if op == "lte":
-        return functools.partial(operator.ge, expected)
-    if op == "contains":
-        return lambda v: expected in v
-    if op == "regex":
-        return re.compile(expected).match  # a Match object is always truthy
-    # op == "in". A set when the members are hashable: an unhashable data value
-    # (list, object) then raises TypeError, i.e. no match, which is also what
-    # comparing it with == to hashable JSON values would give.
-    try:
-        return frozenset(expected).__contains__
-    except TypeError:
-        return expected.__contains__
-
-
-def _apply(test: _Test, negate: bool, value: Any) -> bool:
-    try:
-        result = test(value)
-    except TypeError:
-        result = False
-    return (not result) is negate
-
-
 class _Compiler:
     """Validates a definition and builds its evaluator in one pass."""
 
-    def __init__(self, missing: _MissingLog) -> None:
+    def __init__(self, missing: _MissingLog, regex_timeout: float | None) -> None:
         self.missing = missing
+        self.regex_timeout = regex_timeout
 
     def node(self, node: Any, loc: str) -> tuple[dict[str, Any], _Evaluator]:
         if not isinstance(node, Mapping):
@@ -406,8 +226,8 @@ class _Compiler:
         if isinstance(value, list):
             value = copy.deepcopy(value)
         try:
-            test = _test_for(op, value)
-        except re.error as exc:
+            test = _test_for(op, value, attr, self.regex_timeout)
+        except regex.error as exc:
             raise InvalidConditions(
                 f"invalid regular expression {value!r}: {exc}", at("value")
             ) from None
@@ -528,8 +348,14 @@ class ConditionSet:
     :param definition: A condition (``{"attr": ..., "value": ..., "op": ...,
         "negate": ...}``), a set (``{"and": [...]}`` or ``{"or": [...]}``,
         nestable), or either as a JSON string.
+    :param regex_timeout: Seconds one ``regex`` match may take
+        (``WEBHOOKS_CONDITION_TIMEOUT``); past it :meth:`eval` raises
+        :exc:`ConditionTimeout`. None means no limit.
     :raises InvalidConditions: If the definition is malformed or the JSON does
         not parse.
+
+    .. versionchanged:: Unreleased
+        ``regex`` uses the :mod:`regex` package with a time limit.
     """
 
     __slots__ = ("_definition", "_evaluate")
@@ -537,7 +363,12 @@ class ConditionSet:
     _definition: dict[str, Any]
     _evaluate: _Evaluator
 
-    def __init__(self, definition: Mapping[str, Any] | str | bytes) -> None:
+    def __init__(
+        self,
+        definition: Mapping[str, Any] | str | bytes,
+        *,
+        regex_timeout: float | None = DEFAULT_CONDITION_TIMEOUT,
+    ) -> None:
         if isinstance(definition, str | bytes | bytearray):
             try:
                 definition = json.loads(definition)
@@ -550,7 +381,9 @@ class ConditionSet:
                 f"a condition set must be a JSON object, got {_type_name(definition)}"
             )
         try:
-            normalized, evaluate = _Compiler(_MissingLog()).node(definition, "")
+            normalized, evaluate = _Compiler(_MissingLog(), regex_timeout).node(
+                definition, ""
+            )
         except RecursionError:
             raise InvalidConditions("the condition set is nested too deeply") from None
         object.__setattr__(self, "_definition", normalized)
@@ -583,6 +416,9 @@ class ConditionSet:
             None}``, the raw column values before and after the change; needed
             by ``snapshots.*`` paths and the ``changed``/``unchanged``
             operators, which fail closed without it.
+        :raises ConditionTimeout: A ``regex`` match ran past the time limit
+            (a :exc:`ValueError`; capture fails that webhook's delivery with
+            its message).
         """
         return self._evaluate(data, snapshots)
 
