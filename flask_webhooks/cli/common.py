@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import typing as t
 
 import click
@@ -11,6 +12,7 @@ from flask.cli import AppGroup
 
 from .. import models as m
 from ..state import WebhooksState
+from ..wording import plural
 from ..worker.queue import backend_name
 
 webhooks_cli = AppGroup("webhooks", help="Webhook deliveries, workers and maintenance.")
@@ -64,26 +66,80 @@ def _when(value: dt.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
-def _find_webhook(state: WebhooksState, name: str) -> t.Any:
+def _find_webhook(state: WebhooksState, ref: str) -> t.Any:
+    """The webhook named ``ref``, else the one whose id is ``ref`` (all digits).
+
+    A name wins: a webhook named ``"2"`` is found by that name even when
+    another webhook has the id 2 (``flask webhooks list`` shows both).
+    """
     W = state.models.Webhook
     session = state.db.session
-    hook = session.scalar(sa.select(W).where(W.name == name))
+    hook = session.scalar(sa.select(W).where(W.name == ref))
+    by_id = ref.isascii() and ref.isdigit()
+    if hook is None and by_id:
+        hook = session.get(W, int(ref))
     if hook is None:
         names = session.scalars(sa.select(W.name).order_by(W.name)).all()
         known = ", ".join(names) if names else "none yet"
+        what = "named or numbered" if by_id else "named"
         raise click.ClickException(
-            f"no webhook named {name!r} (known: {known}); see `flask webhooks list`"
+            f"no webhook {what} {ref!r} (known: {known}); see `flask webhooks list`"
         )
     return hook
 
 
-def _health(hook: t.Any, counts: t.Mapping[str, int]) -> str:
+#: How many recent attempts ``list`` reads to measure a failure streak.
+STREAK_SCAN = 100
+
+
+def _failing_attempts(
+    state: WebhooksState, webhook_id: t.Any
+) -> tuple[int, str | None]:
+    """Failed attempts of the webhook's deliveries since its last success.
+
+    Returns the count (at most :data:`STREAK_SCAN`) and the latest error.
+    The webhook's own streak counts deliveries that failed for good; this
+    one sees a receiver that is down while its deliveries are still retrying.
+    """
+    A = state.models.DeliveryAttempt
+    D = state.models.Delivery
+    errors = state.db.session.scalars(
+        sa.select(A.error)
+        .join(D, A.delivery_id == D.id)
+        .where(D.webhook_id == webhook_id)
+        .order_by(A.started_at.desc(), A.id.desc())
+        .limit(STREAK_SCAN)
+    ).all()
+    streak = 0
+    for error in errors:
+        if error is None:
+            break
+        streak += 1
+    return streak, (errors[0] if streak else None)
+
+
+def _health(
+    hook: t.Any,
+    counts: t.Mapping[str, int],
+    failing: tuple[int, str | None] = (0, None),
+) -> str:
+    """The one-line health summary of ``flask webhooks list``.
+
+    :param failing: the webhook's failed attempts since its last success
+        and the latest error (:func:`_failing_attempts`), for webhooks whose
+        deliveries are still being retried.
+    """
     parts: list[str] = []
     if not hook.enabled:
         reason = f": {hook.disabled_reason}" if hook.disabled_reason else ""
         parts.append(f"disabled{reason}")
+    attempts, error = failing
     if hook.consecutive_failures:
         parts.append(f"failing ({hook.consecutive_failures} in a row)")
+    elif attempts:
+        more = "+" if attempts >= STREAK_SCAN else ""
+        why = f": {_clip(error, 40)}" if error else ""
+        parts.append(f"failing ({plural(attempts, 'attempt')}{more} in a row{why})")
     elif hook.last_delivery_status == m.SUCCEEDED:
         parts.append("ok")
     elif hook.last_delivery_status is None:
@@ -96,3 +152,25 @@ def _health(hook: t.Any, counts: t.Mapping[str, int]) -> str:
     if counts.get(m.FAILED):
         parts.append(f"{counts[m.FAILED]} failed")
     return ", ".join(parts)
+
+
+def _on_terminal() -> bool:
+    """Whether stderr, where progress bars go, is a terminal."""
+    return sys.stderr.isatty()
+
+
+def _progress(length: int, label: str) -> t.Any:
+    """A progress bar on stderr when it is a terminal; silent otherwise.
+
+    Use as ``with _progress(n, "Deleting") as bar: ... bar.update(k)``.
+    Output piped to a file or another program gets no bar at all (not even
+    the label click would print once).
+    """
+    stream = sys.stderr
+    return click.progressbar(
+        length=length,
+        label=label,
+        file=stream,
+        hidden=not _on_terminal(),
+        show_pos=True,
+    )

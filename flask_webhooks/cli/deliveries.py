@@ -13,8 +13,11 @@ from .. import models as m
 from ..delivery.recovery import requeue
 from ..delivery.recovery import sweep
 from ..state import get_state
+from ..wording import plural
 from .common import _clip
 from .common import _find_webhook
+from .common import _on_terminal
+from .common import _progress
 from .common import _queue_note
 from .common import _queue_only
 from .common import _table
@@ -28,7 +31,12 @@ from .common import webhooks_cli
     type=click.Choice(m.STATUSES),
     help="Only deliveries with this status.",
 )
-@click.option("--webhook", "webhook_name", metavar="NAME", help="Only this webhook.")
+@click.option(
+    "--webhook",
+    "webhook_ref",
+    metavar="WEBHOOK",
+    help="Only this webhook (a name or an id).",
+)
 @click.option(
     "--limit",
     "-n",
@@ -39,7 +47,7 @@ from .common import webhooks_cli
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def deliveries_command(
-    status: str | None, webhook_name: str | None, limit: int, as_json: bool
+    status: str | None, webhook_ref: str | None, limit: int, as_json: bool
 ) -> None:
     """Show the delivery log, newest first."""
     state = get_state()
@@ -47,8 +55,8 @@ def deliveries_command(
     stmt = sa.select(D).order_by(D.created_at.desc(), D.id).limit(limit)
     if status:
         stmt = stmt.where(D.status == status)
-    if webhook_name:
-        stmt = stmt.where(D.webhook_id == _find_webhook(state, webhook_name).id)
+    if webhook_ref:
+        stmt = stmt.where(D.webhook_id == _find_webhook(state, webhook_ref).id)
     rows = state.db.session.scalars(stmt).all()
     if as_json:
         click.echo(
@@ -117,21 +125,31 @@ def deliveries_command(
     )
 
 
+#: Deliveries requeued (and enqueued) per step of ``retry``'s progress bar.
+RETRY_CHUNK = 500
+
+#: Why ``retry`` left a delivery alone, by its status.
+_NOT_RETRIED = {
+    m.SUCCEEDED: "already succeeded",
+    m.DELIVERING: "being sent right now",
+}
+
+
 @webhooks_cli.command("retry")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--failed", is_flag=True, help="Retry every failed delivery.")
 @click.option(
     "--webhook",
-    "webhook_name",
-    metavar="NAME",
-    help="With --failed: only this webhook.",
+    "webhook_ref",
+    metavar="WEBHOOK",
+    help="With --failed: only this webhook (a name or an id).",
 )
-def retry_command(ids: tuple[str, ...], failed: bool, webhook_name: str | None) -> None:
+def retry_command(ids: tuple[str, ...], failed: bool, webhook_ref: str | None) -> None:
     """Queue failed deliveries for another attempt now.
 
     Give delivery ids (from `flask webhooks deliveries`), or --failed for all
     failed deliveries. The attempt count goes on; succeeded deliveries and
-    deliveries being sent are left alone.
+    deliveries being sent are left alone. Shows a progress bar on a terminal.
     """
     if failed and ids:
         raise click.UsageError("give delivery ids or --failed, not both")
@@ -140,39 +158,52 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_name: str | None) 
             "give delivery ids (see `flask webhooks deliveries --status failed`) "
             "or --failed"
         )
-    if webhook_name and not failed:
+    if webhook_ref and not failed:
         raise click.UsageError("--webhook only works with --failed")
     state = _queue_only(get_state())
     D = state.models.Delivery
     session = state.db.session
     if failed:
         stmt = sa.select(D.id).where(D.status == m.FAILED).order_by(D.created_at)
-        if webhook_name:
-            stmt = stmt.where(D.webhook_id == _find_webhook(state, webhook_name).id)
+        if webhook_ref:
+            stmt = stmt.where(D.webhook_id == _find_webhook(state, webhook_ref).id)
         wanted = list(session.scalars(stmt))
         if not wanted:
             click.echo("No failed deliveries.")
             return
     else:
         wanted = list(dict.fromkeys(ids))
-    found = {
-        row.id: row.status
-        for row in session.execute(sa.select(D.id, D.status).where(D.id.in_(wanted)))
-    }
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), RETRY_CHUNK):
+        chunk = wanted[start : start + RETRY_CHUNK]
+        found.update(
+            (row.id, row.status)
+            for row in session.execute(sa.select(D.id, D.status).where(D.id.in_(chunk)))
+        )
     session.rollback()  # end the read transaction before writing elsewhere
-    changed = requeue(state, [i for i in wanted if i in found])
-    state.enqueue(changed)
+    todo = [i for i in wanted if i in found]
+    changed: list[str] = []
+    with _progress(len(todo), "Retrying") as bar:
+        for start in range(0, len(todo), RETRY_CHUNK):
+            chunk = todo[start : start + RETRY_CHUNK]
+            requeued = requeue(state, chunk)
+            state.enqueue(requeued)
+            changed.extend(requeued)
+            bar.update(len(chunk))
     if changed:
-        click.echo(f"queued {len(changed)} deliveries for retry")
+        click.echo(f"queued {plural(len(changed), 'delivery')} for retry")
         note = _queue_note(state)
         if note:
             click.echo(note)
+    done = set(changed)
     problems = []
     for delivery_id in wanted:
         if delivery_id not in found:
             problems.append(f"{delivery_id}: no such delivery")
-        elif delivery_id not in changed:
-            problems.append(f"{delivery_id}: is {found[delivery_id]}, not retried")
+        elif delivery_id not in done:
+            status = found[delivery_id]
+            why = _NOT_RETRIED.get(status, f"is {status}")
+            problems.append(f"{delivery_id}: {why}, not retried")
     if problems:
         for line in problems:
             click.echo(line, err=True)
@@ -188,7 +219,7 @@ def sweep_command() -> None:
     """
     state = _queue_only(get_state())
     count = sweep(state)
-    click.echo(f"enqueued {count} due deliveries")
+    click.echo(f"enqueued {plural(count, 'due delivery', 'due deliveries')}")
     note = _queue_note(state) if count else None
     if note:
         click.echo(note)
@@ -266,30 +297,38 @@ def prune_command(
         with engine.connect() as conn:
             count = conn.scalar(sa.select(sa.func.count()).select_from(D).where(where))
         click.echo(
-            f"would delete {count} deliveries ({', '.join(statuses)}) created "
-            f"before {_when(cutoff)} UTC"
+            f"would delete {plural(count or 0, 'delivery')} ({', '.join(statuses)}) "
+            f"created before {_when(cutoff)} UTC"
         )
         return
+    total = 0
+    if _on_terminal():  # the count only feeds the progress bar
+        with engine.connect() as conn:
+            total = (
+                conn.scalar(sa.select(sa.func.count()).select_from(D).where(where)) or 0
+            )
     deleted = attempts = 0
-    while True:
-        with engine.begin() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    sa.select(D.c.id)
-                    .where(where)
-                    .order_by(D.c.created_at)
-                    .limit(batch_size)
-                )
-            ]
-            if not ids:
-                break
-            # Attempts explicitly: SQLite only cascades with foreign keys on.
-            attempts += conn.execute(
-                sa.delete(A).where(A.c.delivery_id.in_(ids))
-            ).rowcount
-            deleted += conn.execute(sa.delete(D).where(D.c.id.in_(ids))).rowcount
+    with _progress(total, "Pruning") as bar:
+        while True:
+            with engine.begin() as conn:
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        sa.select(D.c.id)
+                        .where(where)
+                        .order_by(D.c.created_at)
+                        .limit(batch_size)
+                    )
+                ]
+                if not ids:
+                    break
+                # Attempts explicitly: SQLite only cascades with foreign keys on.
+                attempts += conn.execute(
+                    sa.delete(A).where(A.c.delivery_id.in_(ids))
+                ).rowcount
+                deleted += conn.execute(sa.delete(D).where(D.c.id.in_(ids))).rowcount
+            bar.update(len(ids))
     click.echo(
-        f"deleted {deleted} deliveries ({', '.join(statuses)}) created before "
-        f"{_when(cutoff)} UTC, and {attempts} attempts"
+        f"deleted {plural(deleted, 'delivery')} ({', '.join(statuses)}) created "
+        f"before {_when(cutoff)} UTC, and {plural(attempts, 'attempt')}"
     )

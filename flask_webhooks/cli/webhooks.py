@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import typing as t
 
@@ -15,6 +17,7 @@ from ..signing import generate_secret
 from ..state import get_state
 from ..state import WebhooksState
 from .common import _clip
+from .common import _failing_attempts
 from .common import _find_webhook
 from .common import _health
 from .common import _queue_only
@@ -43,6 +46,18 @@ def list_command(as_json: bool) -> None:
         .group_by(D.webhook_id, D.status)
     ):
         counts.setdefault(webhook_id, {})[status] = count
+    # Attempts are read only where deliveries are being retried: a webhook
+    # with a delivery streak already shows it, the others are not failing.
+    health = {
+        h.id: _health(
+            h,
+            counts.get(h.id, {}),
+            _failing_attempts(state, h.id)
+            if counts.get(h.id, {}).get(m.RETRYING) and not h.consecutive_failures
+            else (0, None),
+        )
+        for h in hooks
+    }
     if as_json:
         click.echo(
             json.dumps(
@@ -61,6 +76,7 @@ def list_command(as_json: bool) -> None:
                         "consecutive_failures": h.consecutive_failures,
                         "disabled_reason": h.disabled_reason,
                         "deliveries": counts.get(h.id, {}),
+                        "health": health[h.id],
                     }
                     for h in hooks
                 ],
@@ -83,7 +99,7 @@ def list_command(as_json: bool) -> None:
             ",".join(e[0] for e in h.events) or "-",
             _clip(h.payload_url, 50),
             _when(h.last_delivery_at),
-            _health(h, counts.get(h.id, {})),
+            health[h.id],
         )
         for h in hooks
     ]
@@ -115,17 +131,36 @@ def _create_test_delivery(state: WebhooksState, hook: t.Any) -> str:
     return str(row["id"])
 
 
+def _one_attempt(state: WebhooksState) -> WebhooksState:
+    """``state`` with an empty retry schedule: every failure is final.
+
+    A shallow copy for this command only; the app's own state (and any
+    worker sharing it) keeps its schedule.
+    """
+    single = copy.copy(state)
+    single.config = dataclasses.replace(state.config, retry_schedule=())
+    return single
+
+
 @webhooks_cli.command("ping")
-@click.argument("name")
-def ping_command(name: str) -> None:
-    """Send a test delivery to webhook NAME now and print the result.
+@click.argument("webhook")
+@click.option(
+    "--retry",
+    is_flag=True,
+    help="Retry a failed ping on the WEBHOOKS_RETRY_SCHEDULE like any delivery "
+    "(default: one attempt, no retries).",
+)
+def ping_command(webhook: str, retry: bool) -> None:
+    """Send a test delivery to WEBHOOK (a name or an id) now; print the result.
 
     The request is signed and logged like any delivery (event ``test``), and
-    sent from this process. Exits with status 1 unless the receiver answered
-    with a 2xx.
+    sent once, from this process: a failed ping is not retried unless
+    --retry is given. Exits with status 1 unless the receiver answered with
+    a 2xx.
     """
     state = _queue_only(get_state())
-    hook = _find_webhook(state, name)
+    hook = _find_webhook(state, webhook)
+    name = hook.name
     if not hook.enabled:
         reason = f" ({hook.disabled_reason})" if hook.disabled_reason else ""
         raise click.ClickException(
@@ -137,7 +172,7 @@ def ping_command(name: str) -> None:
     # Hold no read transaction while the delivery engine writes (SQLite locks).
     state.db.session.close()
     click.echo(f"sending test delivery {delivery_id} to {url} ...")
-    outcome = deliver(state, delivery_id)
+    outcome = deliver(state if retry else _one_attempt(state), delivery_id)
     result = outcome.result
     if result is None:
         row = state.db.session.get(state.models.Delivery, delivery_id)
@@ -155,6 +190,11 @@ def ping_command(name: str) -> None:
     if outcome.status == m.RETRYING:
         click.echo(
             "another attempt is scheduled; see `flask webhooks deliveries`", err=True
+        )
+    elif not retry and result.retryable:
+        click.echo(
+            "not retried: a ping is one attempt (`--retry` schedules retries)",
+            err=True,
         )
     raise click.exceptions.Exit(1)
 
