@@ -45,6 +45,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"t\..*"),
     (r"py:.*", r"(collections\.abc|ipaddress|socket|ssl|re|time)\..*"),
     (r"py:mod", r"(secrets|ipaddress|requests|re|regex)"),
+    (r"py:class", r"(dt|datetime)\.(datetime|timedelta)"),
     # third-party classes in signatures
     (r"py:class", r"(flask\.app\.)?Flask|SQLAlchemy|Session|ma\.Schema|huey_mod\.Huey"),
     (r"py:class", r"jinja2\..*"),

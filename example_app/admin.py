@@ -124,7 +124,12 @@ class DeviceView(InventoryView):
 
 def init_admin(app: Flask) -> Admin:
     """Create the app's ``Admin`` with the inventory and the webhook screens."""
-    admin = Admin(app, name="flask-webhooks demo", theme=Bootstrap4Theme())
+    admin = Admin(
+        app,
+        name="flask-webhooks demo",
+        theme=Bootstrap4Theme(),
+        index_view=_home(),
+    )
     category = "Inventory"
     admin.add_view(SiteView(Site, db, category=category, endpoint="inventory_site"))
     admin.add_view(
@@ -136,6 +141,15 @@ def init_admin(app: Flask) -> Admin:
     admin.add_view(TagView(Tag, db, category=category, endpoint="inventory_tag"))
     _webhook_screens(app, admin)
     return admin
+
+
+def _home() -> t.Any:
+    """The admin home page: the webhook dashboard (an empty page without it)."""
+    try:
+        from flask_webhooks.admin import WebhooksIndexView
+    except ImportError:
+        return None
+    return WebhooksIndexView(name="Home")
 
 
 def _webhook_screens(app: Flask, admin: Admin) -> None:

@@ -22,6 +22,8 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_webhooks import Webhooks
 from flask_webhooks.testing import RecordingReceiver
 
+from tests.skip_summary import pytest_terminal_summary as pytest_terminal_summary
+
 PG_URL = os.environ.get("WEBHOOKS_TEST_DATABASE_URL")
 REDIS_URL = os.environ.get("WEBHOOKS_TEST_REDIS_URL")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 import time
 import typing as t
@@ -379,4 +380,126 @@ def test_admin_session_in_a_real_browser(
             browser.close()
 
     assert outside == []
+    assert problems == []
+
+
+#: Bootstrap's fixed container is 1140 px wide from 1200 px up: the lists
+#: must fit it at common laptop and desktop widths.
+WIDTHS = (1280, 1600)
+
+FITS = """(sel) => {
+  const table = document.querySelector(sel);
+  const box = table.closest('.table-responsive') || table.parentElement;
+  return {scroll: box.scrollWidth, client: box.clientWidth,
+          page: document.documentElement.scrollWidth,
+          viewport: document.documentElement.clientWidth};
+}"""
+
+
+@pytest.fixture
+def fixed_live_app(
+    app: Flask, db: SQLAlchemy, webhooks: Webhooks, models: Models
+) -> t.Iterator[Flask]:
+    """The admin as the example app sets it up: a fixed-width container and
+    the webhook dashboard as its home page."""
+    from flask_admin import Admin
+    from flask_admin.theme import Bootstrap4Theme
+    from flask_webhooks.admin import WebhooksIndexView
+
+    admin = Admin(
+        app, name="Inventory", theme=Bootstrap4Theme(), index_view=WebhooksIndexView()
+    )
+    webhooks.init_admin(admin)
+    yield app
+
+
+@pytest.mark.parametrize("config", [{"WEBHOOKS_QUEUE_URL": "immediate://"}])
+def test_lists_fit_the_page_and_the_home_page_is_a_dashboard(
+    fixed_live_app: Flask,
+    db: SQLAlchemy,
+    models: Models,
+    webhooks: Webhooks,
+    receiver: RecordingReceiver,
+) -> None:
+    from playwright.sync_api import expect
+    from playwright.sync_api import sync_playwright
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    W = webhooks.Webhook
+    db.session.add_all(
+        [
+            W(
+                name="crm-inventory-synchronisation",
+                models=["site", "device", "tenant", "tag"],
+                on_create=True,
+                on_update=True,
+                on_delete=True,
+                payload_url=f"{dead}/api/v2/hooks/inventory?source=netbox&format=full",
+                secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                signature_scheme="both",
+            ),
+            W(
+                name="inventory-sync",
+                models=["site"],
+                on_create=True,
+                on_update=True,
+                payload_url=receiver.url,
+                secret="s3cret",
+            ),
+            W(
+                name="audit-log",
+                models=["device"],
+                on_delete=True,
+                payload_url=f"{dead}/audit",
+                enabled=False,
+                disabled_reason="3 consecutive failed deliveries "
+                "(WEBHOOKS_DISABLE_AFTER_FAILURES = 3)",
+                disabled_at=m.utcnow(),
+                consecutive_failures=3,
+                last_delivery_status=m.FAILED,
+                last_delivery_at=m.utcnow(),
+            ),
+        ]
+    )
+    db.session.commit()
+    receiver.respond(Answer(status=503, body=b"maintenance"))
+    for name in ("Amsterdam 1", "Berlin 1", "Copenhagen 1"):
+        db.session.add(models.Site(name=name))
+        db.session.commit()
+    db.session.remove()
+
+    problems: list[str] = []
+    with LiveServer(fixed_live_app) as server, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width in WIDTHS:
+                page = browser.new_page(viewport={"width": width, "height": 800})
+                page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                for path in ("/admin/webhooks/", "/admin/webhooks/deliveries/"):
+                    page.goto(f"{server.url}{path}")
+                    expect(page.locator("table.model-list")).to_be_visible()
+                    size = page.evaluate(FITS, "table.model-list")
+                    assert size["scroll"] <= size["client"], (width, path, size)
+                    assert size["page"] <= size["viewport"], (width, path, size)
+                page.goto(f"{server.url}/admin/")
+                expect(page.locator("#wh-dashboard")).to_be_visible()
+                expect(page.locator("#wh-dash-webhooks .wh-stat")).to_have_text("2 / 3")
+                attention = page.locator("#wh-dash-attention")
+                expect(attention).to_contain_text("audit-log")
+                expect(attention).to_contain_text("crm-inventory-synchronisation")
+                expect(page.locator("tr.wh-dash-delivery")).to_have_count(6)
+                for sel in ("#wh-dash-attention table", "#wh-dash-recent table"):
+                    size = page.evaluate(FITS, sel)
+                    assert size["page"] <= size["viewport"], (width, sel, size)
+                if SCREENSHOTS and width == WIDTHS[0]:
+                    page.screenshot(path=str(STATIC / "admin-home.png"), full_page=True)
+                page.locator(
+                    "#wh-dash-attention a.wh-name", has_text="audit-log"
+                ).click()
+                expect(page.locator("#name")).to_have_value("audit-log")
+                page.close()
+        finally:
+            browser.close()
     assert problems == []

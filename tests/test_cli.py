@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import typing as t
 
+import click.testing
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
@@ -237,7 +239,7 @@ def test_retry_ids_and_failed(
 
     result = cli("retry", a.id)
     assert result.exit_code == 0, result.output
-    assert "queued 1 deliveries for retry" in result.output
+    assert "queued 1 delivery for retry" in result.output
     assert [d.status for d in deliveries.all()] == [
         "succeeded",
         "failed",
@@ -259,7 +261,7 @@ def test_retry_reports_what_it_could_not_retry(
     (done,) = deliver_sites("ams1")
     result = cli("retry", done.id, "no-such-id")
     assert result.exit_code == 1
-    assert f"{done.id}: is succeeded, not retried" in result.output
+    assert f"{done.id}: already succeeded, not retried" in result.output
     assert "no-such-id: no such delivery" in result.output
 
     usage = cli("retry")
@@ -281,7 +283,7 @@ def test_sweep_sends_due_deliveries(
     )
     result = cli("sweep")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("enqueued 1 due deliveries")
+    assert result.output.startswith("enqueued 1 due delivery\n")
     assert deliveries.all()[0].status == "succeeded"
     assert cli("sweep").output == "enqueued 0 due deliveries\n"
 
@@ -319,7 +321,7 @@ def test_prune_deletes_old_succeeded_deliveries_in_batches(
     assert attempts() == {new.id, old_failed.id}, "attempts go with their delivery"
 
     failed = cli("prune", "--older-than", "4w", "--status", "failed")
-    assert failed.output.startswith("deleted 1 deliveries (failed)")
+    assert failed.output.startswith("deleted 1 delivery (failed)")
     assert [d.id for d in deliveries.all()] == [new.id]
 
 
@@ -362,3 +364,162 @@ def test_commands_queue_without_starting_workers(
     assert state.workers is False, "no embedded workers started by a CLI command"
     assert state.huey.pending_count() == 2
     assert receiver.requests == []
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens: connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
+
+
+RETRIES = pytest.mark.parametrize(
+    "config", [{"WEBHOOKS_RETRY_SCHEDULE": [60, 300, 1800]}]
+)
+
+
+@RETRIES
+def test_ping_a_dead_receiver_is_one_attempt(
+    app: Flask,
+    cli: CLI,
+    make_hook: t.Callable[..., t.Any],
+    deliveries: Deliveries,
+    dead_url: str,
+) -> None:
+    make_hook(name="crm", payload_url=dead_url)
+    result = cli("ping", "crm")
+    assert result.exit_code == 1
+    assert "FAILED" in result.stderr
+    assert "not retried: a ping is one attempt (`--retry` schedules retries)" in (
+        result.stderr
+    )
+    assert "another attempt is scheduled" not in result.output
+    (delivery,) = deliveries.all()
+    assert (delivery.status, delivery.attempts) == ("failed", 1)
+    assert app.extensions["webhooks"].huey.scheduled_count() == 0
+    assert app.extensions["webhooks"].config.retry_schedule == (60, 300, 1800), (
+        "the app keeps its schedule"
+    )
+
+
+@RETRIES
+def test_ping_retry_schedules_retries(
+    app: Flask,
+    cli: CLI,
+    make_hook: t.Callable[..., t.Any],
+    deliveries: Deliveries,
+    dead_url: str,
+) -> None:
+    make_hook(name="crm", payload_url=dead_url)
+    result = cli("ping", "crm", "--retry")
+    assert result.exit_code == 1
+    assert "another attempt is scheduled" in result.stderr
+    (delivery,) = deliveries.all()
+    assert (delivery.status, delivery.attempts) == ("retrying", 1)
+    assert app.extensions["webhooks"].huey.scheduled_count() == 1
+
+
+def test_webhooks_by_name_or_id(
+    cli: CLI,
+    make_hook: t.Callable[..., t.Any],
+    receiver: RecordingReceiver,
+    deliveries: Deliveries,
+) -> None:
+    crm = make_hook(name="crm")
+    crm_id = crm.id
+    numbered = make_hook(name=str(crm_id), models=["device"])
+    numbered_id = numbered.id
+
+    by_id = cli("ping", str(numbered_id))
+    assert by_id.exit_code == 0, by_id.output
+    # A name wins over an id: "<crm's id>" is the webhook of that name.
+    by_name = cli("ping", str(crm_id))
+    assert by_name.exit_code == 0, by_name.output
+    assert [d.webhook_id for d in deliveries.all()] == [numbered_id, numbered_id]
+    only = cli("deliveries", "--webhook", str(numbered_id), "--json")
+    assert len(json.loads(only.output)) == 2
+    assert json.loads(cli("deliveries", "--webhook", "crm", "--json").output) == []
+
+    missing = cli("ping", "99")
+    assert missing.exit_code == 1
+    assert "no webhook named or numbered '99'" in missing.output
+    assert cli("retry", "--failed", "--webhook", "99").exit_code == 1
+
+
+@RETRIES
+def test_list_shows_a_webhook_failing_while_its_deliveries_retry(
+    cli: CLI,
+    make_hook: t.Callable[..., t.Any],
+    db: t.Any,
+    models: t.Any,
+    deliveries: Deliveries,
+    dead_url: str,
+) -> None:
+    make_hook(name="down", payload_url=dead_url)
+    for name in ("a", "b"):
+        db.session.add(models.Site(name=name))
+        db.session.commit()
+    assert [d.status for d in deliveries.all()] == ["retrying", "retrying"]
+
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    (line,) = result.output.splitlines()[1:]
+    assert "no deliveries yet" not in line
+    assert "failing (2 attempts in a row: " in line
+    assert line.endswith("), 2 queued")
+    assert "refused" in line.lower()
+    (data,) = json.loads(cli("list", "--json").output)
+    assert data["health"].startswith("failing (2 attempts in a row")
+    assert data["consecutive_failures"] == 0
+
+
+def test_plurals_in_messages(cli: CLI, deliver_sites: DeliverSites) -> None:
+    (one,) = deliver_sites("a", answers=[500])
+    assert cli("retry", one.id).output.startswith("queued 1 delivery for retry\n")
+    assert cli("sweep").output == "enqueued 0 due deliveries\n"
+
+
+def _force_tty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the test runner's output streams claim to be a terminal."""
+    monkeypatch.setattr(click.testing._NamedTextIOWrapper, "isatty", lambda self: True)
+
+
+def test_bulk_retry_progress_bar_only_on_a_terminal(
+    cli: CLI, deliver_sites: DeliverSites, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver_sites("a", "b", "c", answers=[500, 500, 500])
+    quiet = cli("retry", "--failed")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == ""
+    assert quiet.stdout == "queued 3 deliveries for retry\n"
+
+    deliver_sites("d", "e", answers=[500, 500], hook="other")
+    _force_tty(monkeypatch)
+    shown = cli("retry", "--failed")
+    assert shown.exit_code == 0, shown.output
+    assert "Retrying" in shown.stderr
+    assert "2/2" in shown.stderr
+    assert shown.stdout == "queued 2 deliveries for retry\n"
+
+
+def test_prune_progress_bar_only_on_a_terminal(
+    cli: CLI,
+    deliver_sites: DeliverSites,
+    deliveries: Deliveries,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for d in deliver_sites("a", "b", "c"):
+        deliveries.age(d.id, 40)
+    quiet = cli("prune", "--older-than", "60d")
+    assert quiet.stderr == ""
+    assert quiet.stdout.startswith("deleted 0 deliveries")
+
+    _force_tty(monkeypatch)
+    shown = cli("prune", "--older-than", "30d", "--batch-size", "2")
+    assert shown.exit_code == 0, shown.output
+    assert "Pruning" in shown.stderr
+    assert "3/3" in shown.stderr
+    assert shown.stdout.startswith("deleted 3 deliveries (succeeded)")
+    assert deliveries.all() == []

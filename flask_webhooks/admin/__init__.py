@@ -1,4 +1,5 @@
-"""Flask-Admin screens: webhooks, the delivery log and queue status.
+"""Flask-Admin screens: webhooks, the delivery log and queue status, and a
+dashboard for the admin's home page (:class:`WebhooksIndexView`).
 
 Needs the ``admin`` extra (``pip install flask-webhooks[admin]``). Flask-Admin
 is imported only when :func:`init_admin` (or
@@ -21,7 +22,42 @@ from .base import Extension
 from .base import require_secret_key
 from .base import ViewOptions
 
-__all__ = ["AccessCheck", "init_admin"]
+if t.TYPE_CHECKING:
+    from .dashboard import dashboard_summary as dashboard_summary
+    from .dashboard import DashboardSummary as DashboardSummary
+    from .dashboard import WebhooksIndexView as WebhooksIndexView
+
+__all__ = [
+    "AccessCheck",
+    "DashboardSummary",
+    "WebhooksIndexView",
+    "dashboard_summary",
+    "init_admin",
+]
+
+#: Names that need Flask-Admin, imported on first use.
+_LAZY = ("DashboardSummary", "WebhooksIndexView", "dashboard_summary")
+
+
+def __getattr__(name: str) -> t.Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from . import dashboard
+    except ModuleNotFoundError as e:
+        _missing_admin(e)
+    return getattr(dashboard, name)
+
+
+def _missing_admin(e: ModuleNotFoundError) -> t.NoReturn:
+    """Re-raise ``e`` with the extra to install when Flask-Admin is missing."""
+    if e.name and e.name.split(".")[0] in ("flask_admin", "wtforms"):
+        raise ModuleNotFoundError(
+            f"flask-webhooks admin screens need Flask-Admin ({e.name} is not"
+            ' installed): pip install "flask-webhooks[admin]"',
+            name=e.name,
+        ) from e
+    raise e
 
 
 def init_admin(
@@ -60,13 +96,7 @@ def init_admin(
         from .status import StatusView
         from .webhooks import WebhookView
     except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in ("flask_admin", "wtforms"):
-            raise ModuleNotFoundError(
-                f"flask-webhooks admin screens need Flask-Admin ({e.name} is not"
-                ' installed): pip install "flask-webhooks[admin]"',
-                name=e.name,
-            ) from e
-        raise
+        _missing_admin(e)
 
     folder = getattr(getattr(admin, "theme", None), "folder", "bootstrap4")
     if folder != "bootstrap4":

@@ -24,6 +24,7 @@ from markupsafe import Markup
 
 from .. import models as m
 from ..delivery.recovery import requeue
+from ..wording import plural
 from .base import AdminViewMixin
 from .base import release_session
 from .base import ViewOptions
@@ -350,7 +351,7 @@ class DeliveryView(AdminViewMixin, ModelView):
                     )
                 ).rowcount
         skipped = len(ids) - count
-        message = f"Cancelled {_plural(count, 'delivery', 'deliveries')}."
+        message = f"Cancelled {plural(count, 'delivery')}."
         if skipped:
             message += f" {skipped} could not be cancelled (already sent, being sent or finished)."
         flash(message, "success" if count else "warning")
@@ -371,7 +372,7 @@ class DeliveryView(AdminViewMixin, ModelView):
             )
             return
         outcome = self._outcome(changed)
-        parts = [f"Retrying {_plural(len(changed), 'delivery', 'deliveries')}"]
+        parts = [f"Retrying {plural(len(changed), 'delivery')}"]
         done = ", ".join(f"{n} {s}" for s, n in outcome.items() if n)
         if done:
             parts.append(f"now: {done}")
@@ -400,7 +401,3 @@ class DeliveryView(AdminViewMixin, ModelView):
 def _chunks(ids: list[str]) -> t.Iterator[list[str]]:
     for i in range(0, len(ids), _CHUNK):
         yield ids[i : i + _CHUNK]
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"

@@ -27,6 +27,7 @@ from ..capture.outbox import test_delivery_row
 from ..capture.outbox import TEST_EVENT
 from ..signing import generate_secret
 from ..validation import WebhookValidationError
+from ..wording import plural
 from .base import AdminViewMixin
 from .base import release_session
 from .base import ViewOptions
@@ -278,7 +279,7 @@ class WebhookView(AdminViewMixin, ModelView):
             hook.enabled = True
             clear_disabled(hook)
         self.options.state.db.session.commit()
-        flash(f"Enabled {_plural(len(hooks), 'webhook')}.", "success")
+        flash(f"Enabled {plural(len(hooks), 'webhook')}.", "success")
 
     @action("disable", "Disable")
     def action_disable(self, ids: list[str]) -> None:
@@ -286,7 +287,7 @@ class WebhookView(AdminViewMixin, ModelView):
         for hook in hooks:
             hook.enabled = False
         self.options.state.db.session.commit()
-        flash(f"Disabled {_plural(len(hooks), 'webhook')}.", "success")
+        flash(f"Disabled {plural(len(hooks), 'webhook')}.", "success")
 
     @action("send_test", "Send test delivery")
     def action_send_test(self, ids: list[str]) -> t.Any:
@@ -355,7 +356,3 @@ def _flash_test_result(state: t.Any, name: str, delivery_id: str) -> None:
             f"Test delivery to {name!r} queued; this page refreshes until it is sent.",
             "info",
         )
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"

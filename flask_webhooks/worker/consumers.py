@@ -34,6 +34,7 @@ from huey.consumer import Worker
 
 from ..delivery.claim import lease_seconds
 from ..state import get_state
+from ..wording import plural
 from .queue import backend_name
 from .queue import is_blocking
 from .sweeper import Sweeper
@@ -358,10 +359,11 @@ def run_worker(
         shutdown_timeout=lease_seconds(state.config),
     )
     logger.info(
-        "flask-webhooks: worker for %s: %d %s, queue %s, sweep every %g s",
+        "flask-webhooks: worker for %s: %s, queue %s, sweep every %g s",
         app.name,
-        workers,
-        "processes" if processes else "threads",
+        plural(workers, "process", "processes")
+        if processes
+        else plural(workers, "thread"),
         backend_name(huey),
         state.config.sweep_interval,
     )

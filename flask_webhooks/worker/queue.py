@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import typing as t
 from urllib.parse import urlsplit
@@ -34,9 +35,13 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
     * ``sqlite:///path``: a SQLite file (relative paths are in the instance
       folder). The default is ``instance/webhooks-queue.sqlite``.
     * ``redis://host:port/db`` (or ``rediss://``, ``unix://``): Redis, for
-      scale-out.
-    * ``postgresql://...``: Huey's PostgreSQL storage (psycopg 3). A
-      SQLAlchemy-style ``postgresql+psycopg://`` URL is accepted too.
+      scale-out (the ``redis`` extra).
+    * ``postgresql://...``: Huey's PostgreSQL storage (psycopg 3, the
+      ``postgres`` extra). A SQLAlchemy-style ``postgresql+psycopg://`` URL
+      is accepted too.
+
+    :raises ModuleNotFoundError: the URL's client library is missing; the
+        message names the extra that installs it.
 
     Task results are not stored (``results=False``): nothing reads them, and
     a result store would grow with every delivery.
@@ -67,6 +72,7 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
             path = os.path.join(instance_path, path)
         return huey.SqliteHuey(QUEUE_NAME, filename=path, results=False)
     if scheme in ("redis", "rediss", "unix"):
+        _require("redis", "redis", url)
         from redis import ConnectionPool
 
         options = dict(REDIS_OPTIONS)
@@ -75,12 +81,26 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
         pool = ConnectionPool.from_url(url, **options)
         return huey.RedisHuey(QUEUE_NAME, connection_pool=pool, results=False)
     if base in ("postgres", "postgresql"):
+        _require("psycopg", "postgres", url)
         dsn = "postgresql" + url[len(scheme) :]
         return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=dsn, results=False))
     raise ValueError(
         f"WEBHOOKS_QUEUE_URL: unsupported scheme {scheme!r} in {redact_url(url)!r} "
         "(expected immediate://, memory://, sqlite:///path, redis://, postgresql://)"
     )
+
+
+def _require(module: str, extra: str, url: str) -> None:
+    """Import ``module``, which the queue ``url`` needs, or say which extra
+    installs it."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"WEBHOOKS_QUEUE_URL {redact_url(url)!r} needs the {module!r} package, "
+            f'which is not installed: pip install "flask-webhooks[{extra}]"',
+            name=module,
+        ) from e
 
 
 def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
