@@ -11,6 +11,8 @@ from huey import signals as huey_signals
 from huey.storage import RedisStorage
 from huey.storage import SqliteStorage
 
+from .serializer import JSONSerializer
+
 QUEUE_NAME = "flask-webhooks"
 
 #: Socket settings for Redis connections (a ``redis://`` URL's query string
@@ -39,21 +41,24 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
       SQLAlchemy-style ``postgresql+psycopg://`` URL is accepted too.
 
     Task results are not stored (``results=False``): nothing reads them, and
-    a result store would grow with every delivery.
+    a result store would grow with every delivery. Messages are JSON
+    (:class:`~flask_webhooks.worker.serializer.JSONSerializer`), never pickles:
+    whoever can write to the queue cannot run code in the workers.
     """
+    options: dict[str, t.Any] = {"results": False, "serializer": JSONSerializer()}
     if not url:
         os.makedirs(instance_path, exist_ok=True)
         return huey.SqliteHuey(
             QUEUE_NAME,
             filename=os.path.join(instance_path, "webhooks-queue.sqlite"),
-            results=False,
+            **options,
         )
     scheme = urlsplit(url).scheme.lower()
     base = scheme.split("+", 1)[0]
     if scheme == "immediate":
-        return huey.MemoryHuey(QUEUE_NAME, immediate=True, results=False)
+        return huey.MemoryHuey(QUEUE_NAME, immediate=True, **options)
     if scheme == "memory":
-        return huey.MemoryHuey(QUEUE_NAME, results=False)
+        return huey.MemoryHuey(QUEUE_NAME, **options)
     if scheme == "sqlite":
         path = url.split("://", 1)[1]
         path = path[1:] if path.startswith("/") else path
@@ -65,18 +70,18 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
         if not os.path.isabs(path):
             os.makedirs(instance_path, exist_ok=True)
             path = os.path.join(instance_path, path)
-        return huey.SqliteHuey(QUEUE_NAME, filename=path, results=False)
+        return huey.SqliteHuey(QUEUE_NAME, filename=path, **options)
     if scheme in ("redis", "rediss", "unix"):
         from redis import ConnectionPool
 
-        options = dict(REDIS_OPTIONS)
+        sockets = dict(REDIS_OPTIONS)
         if scheme == "unix":
-            options.pop("socket_keepalive")
-        pool = ConnectionPool.from_url(url, **options)
-        return huey.RedisHuey(QUEUE_NAME, connection_pool=pool, results=False)
+            sockets.pop("socket_keepalive")
+        pool = ConnectionPool.from_url(url, **sockets)
+        return huey.RedisHuey(QUEUE_NAME, connection_pool=pool, **options)
     if base in ("postgres", "postgresql"):
         dsn = "postgresql" + url[len(scheme) :]
-        return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=dsn, results=False))
+        return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=dsn, **options))
     raise ValueError(
         f"WEBHOOKS_QUEUE_URL: unsupported scheme {scheme!r} in {redact_url(url)!r} "
         "(expected immediate://, memory://, sqlite:///path, redis://, postgresql://)"
