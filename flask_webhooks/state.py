@@ -69,6 +69,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_TEMPLATE_TIMEOUT": DEFAULT_TEMPLATE_TIMEOUT,
     "WEBHOOKS_TEMPLATE_MAX_CHARS": MAX_RENDERED_CHARS,
     "WEBHOOKS_CONDITION_TIMEOUT": DEFAULT_CONDITION_TIMEOUT,
+    "WEBHOOKS_ENQUEUE_TIMEOUT": 1.0,
 }
 
 
@@ -94,6 +95,8 @@ class Config:
     template_timeout: float | None = DEFAULT_TEMPLATE_TIMEOUT
     template_max_chars: int = MAX_RENDERED_CHARS
     condition_timeout: float | None = DEFAULT_CONDITION_TIMEOUT
+    #: Seconds the enqueue after a commit may wait for a Redis queue.
+    enqueue_timeout: float | None = 1.0
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -161,6 +164,7 @@ class Config:
             template_timeout=optional("WEBHOOKS_TEMPLATE_TIMEOUT"),
             template_max_chars=number("WEBHOOKS_TEMPLATE_MAX_CHARS", int, 1),
             condition_timeout=optional("WEBHOOKS_CONDITION_TIMEOUT"),
+            enqueue_timeout=optional("WEBHOOKS_ENQUEUE_TIMEOUT"),
         )
 
 
@@ -254,15 +258,18 @@ class WebhooksState:
         delay: float | None = None,
         *,
         keys: t.Sequence[t.Hashable] | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Hand delivery ids to the queue (after their rows are committed).
 
         :param keys: the webhook id of each delivery, in the order of ``ids``:
             many deliveries of one webhook then travel as batch tasks.
+        :param timeout: give up on a Redis queue after this many seconds
+            (the enqueue then raises; the sweep finds the rows later).
         """
         if self.enqueue_ids is None:
             raise RuntimeError("flask-webhooks: the delivery tasks are not registered")
-        self.enqueue_ids(ids, delay=delay, keys=keys)
+        self.enqueue_ids(ids, delay=delay, keys=keys, timeout=timeout)
 
 
 def lookup_state(app: Flask | None = None) -> WebhooksState | None:

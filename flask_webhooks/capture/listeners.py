@@ -470,8 +470,13 @@ def _after_commit(session: Session) -> None:
     tx = session.info.pop(_INFO_KEY, None)
     if tx is None or not tx.to_enqueue:
         return
+    state = tx.state
     try:
-        tx.state.enqueue(tx.to_enqueue, keys=tx.enqueue_keys)
+        # A hung queue must not hold up the user's commit for long: the rows
+        # are committed, and the sweep enqueues whatever this misses.
+        state.enqueue(
+            tx.to_enqueue, keys=tx.enqueue_keys, timeout=state.config.enqueue_timeout
+        )
     except Exception:
         # The rows are committed: the sweeper will find them.
         logger.exception(

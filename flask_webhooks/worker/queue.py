@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import typing as t
+import weakref
 from urllib.parse import urlsplit
 
 import huey
@@ -88,21 +89,28 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
     )
 
 
-def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
+def enqueue_many(
+    h: huey.Huey, tasks: t.Sequence[t.Any], *, timeout: float | None = None
+) -> None:
     """Put ``tasks`` (Huey task instances) on the queue with few round trips.
 
     Redis: one ``LPUSH`` per :data:`BATCH` messages (FIFO order is kept).
     SQLite: one transaction per batch. Other backends and immediate mode: one
     ``enqueue`` per task.
+
+    :param timeout: Redis: give up after this many seconds (connect, send and
+        answer each), through a connection of its own with no retries,
+        instead of the queue's longer socket timeouts. The caller handles the
+        error (the outbox and the sweep recover what was not enqueued).
     """
-    if h.immediate or len(tasks) < 2:
+    storage = h.storage
+    redis_list = type(storage) is RedisStorage and not storage.priority
+    fast = timeout is not None and redis_list and not h.immediate
+    if not fast and (h.immediate or len(tasks) < 2):
         for task in tasks:
             h.enqueue(task)
         return
-    storage = h.storage
-    batched = (type(storage) is RedisStorage and not storage.priority) or type(
-        storage
-    ) is SqliteStorage
+    batched = redis_list or type(storage) is SqliteStorage
     if not batched:
         for task in tasks:
             h.enqueue(task)
@@ -113,14 +121,55 @@ def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
             h._emit(huey_signals.SIGNAL_ENQUEUED, task)
         messages = [h.serialize_task(task) for task in chunk]
         if isinstance(storage, RedisStorage):
+            conn = _enqueue_client(storage, timeout) if fast else storage.conn
             # LPUSH a b c stores [c, b, a]; BRPOP takes a first: FIFO.
-            storage.conn.lpush(storage.queue_key, *messages)
+            conn.lpush(storage.queue_key, *messages)
         else:
             with storage.db(commit=True) as cursor:
                 cursor.executemany(
                     "insert into task (queue, data, priority) values (?, ?, ?)",
                     [(storage.name, storage.to_blob(msg), 0) for msg in messages],
                 )
+
+
+_enqueue_clients: weakref.WeakKeyDictionary[RedisStorage, tuple[float, t.Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _enqueue_client(storage: RedisStorage, timeout: t.Any) -> t.Any:
+    """A Redis client to ``storage``'s server whose every wait (connect,
+    send, answer) ends after ``timeout`` seconds, without retries.
+
+    Built once per storage from its pool's connection settings, so it works
+    for a Huey passed to ``init_app`` too; the workers' own connections (and
+    their blocking reads) keep the queue's timeouts.
+    """
+    found = _enqueue_clients.get(storage)
+    if found is not None and found[0] == timeout:
+        return found[1]
+    from redis import ConnectionPool
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = storage.conn.connection_pool
+    options = dict(pool.connection_kwargs)
+    options.pop("retry_on_error", None)
+    connect = options.get("socket_connect_timeout")
+    options.update(
+        socket_timeout=timeout,
+        socket_connect_timeout=min(connect, timeout) if connect else timeout,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
+    )
+    client = Redis(
+        connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, **options
+        )
+    )
+    _enqueue_clients[storage] = (timeout, client)
+    return client
 
 
 def redact_url(url: str) -> str:
