@@ -27,6 +27,8 @@ from flask import has_request_context
 from werkzeug.utils import import_string
 
 from .conditions import DEFAULT_CONDITION_TIMEOUT
+from .sanitize import DEFAULT_REDACT_HEADERS
+from .sanitize import Redactor
 from .templating import DEFAULT_TEMPLATE_TIMEOUT
 from .templating import MAX_RENDERED_CHARS
 from .templating import TemplateLimits
@@ -71,6 +73,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_CONDITION_TIMEOUT": DEFAULT_CONDITION_TIMEOUT,
     "WEBHOOKS_ENQUEUE_TIMEOUT": 1.0,
     "WEBHOOKS_ADMIN_OPEN": False,
+    "WEBHOOKS_REDACT_HEADERS": list(DEFAULT_REDACT_HEADERS),
 }
 
 
@@ -98,6 +101,8 @@ class Config:
     condition_timeout: float | None = DEFAULT_CONDITION_TIMEOUT
     #: Seconds the enqueue after a commit may wait for a Redis queue.
     enqueue_timeout: float | None = 1.0
+    #: Header (and query parameter) names whose values are never stored or shown.
+    redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -105,6 +110,11 @@ class Config:
         return TemplateLimits(
             timeout=self.template_timeout, max_chars=self.template_max_chars
         )
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """Masks credentials in the headers and URLs this app stores and shows."""
+        return Redactor(self.redact_headers)
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:
@@ -142,6 +152,13 @@ class Config:
             raise ValueError(
                 "WEBHOOKS_USERNAME_GETTER must be a callable or import path"
             )
+        redact = c["WEBHOOKS_REDACT_HEADERS"]
+        if isinstance(redact, str) or not isinstance(redact, t.Iterable):
+            raise ValueError(
+                f"WEBHOOKS_REDACT_HEADERS must be a list of header names, got {redact!r}"
+            )
+        redact = tuple(redact)
+        Redactor(redact)  # raises for a bad entry, naming the key
         disable = c["WEBHOOKS_DISABLE_AFTER_FAILURES"]
         denied = c["WEBHOOKS_DENIED_NETWORKS"]
         return cls(
@@ -166,6 +183,7 @@ class Config:
             template_max_chars=number("WEBHOOKS_TEMPLATE_MAX_CHARS", int, 1),
             condition_timeout=optional("WEBHOOKS_CONDITION_TIMEOUT"),
             enqueue_timeout=optional("WEBHOOKS_ENQUEUE_TIMEOUT"),
+            redact_headers=redact,
         )
 
 

@@ -12,6 +12,7 @@ from huey import signals as huey_signals
 from huey.storage import RedisStorage
 from huey.storage import SqliteStorage
 
+from ..sanitize import mask_url
 from .serializer import JSONSerializer
 
 QUEUE_NAME = "flask-webhooks"
@@ -174,11 +175,7 @@ def _enqueue_client(storage: RedisStorage, timeout: t.Any) -> t.Any:
 
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    return mask_url(url)
 
 
 def backend_name(h: huey.Huey) -> str:
