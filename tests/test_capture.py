@@ -3,6 +3,7 @@ transaction, with its final state; delivered for real to a local receiver."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -409,9 +410,8 @@ def test_extension_tables_are_never_captured(webhooks, db, models, receiver, mak
 
 def test_disabled_extension_captures_nothing(app, webhooks, db, models, make_hook):
     make_hook()
-    app.extensions["webhooks"].config = app.extensions["webhooks"].config.__class__(
-        **{**app.extensions["webhooks"].config.__dict__, "enabled": False}
-    )
+    state = app.extensions["webhooks"]
+    state.config = dataclasses.replace(state.config, enabled=False)
     db.session.add(models.Site(name="s"))
     db.session.commit()
     assert deliveries(webhooks, db) == []
@@ -428,12 +428,8 @@ def test_request_id_from_header_and_username_getter(
     app, webhooks, db, models, receiver, make_hook
 ):
     make_hook()
-    app.extensions["webhooks"].config = app.extensions["webhooks"].config.__class__(
-        **{
-            **app.extensions["webhooks"].config.__dict__,
-            "username_getter": lambda: "alice",
-        }
-    )
+    state = app.extensions["webhooks"]
+    state.config = dataclasses.replace(state.config, username_getter=lambda: "alice")
     rid = "43d8e212-94c7-4f67-b544-0dcde4fc0f43"
     with app.test_request_context(headers={"X-Request-ID": rid}):
         db.session.add(models.Site(name="a"))
