@@ -74,6 +74,7 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_ENQUEUE_TIMEOUT": 1.0,
     "WEBHOOKS_ADMIN_OPEN": False,
     "WEBHOOKS_REDACT_HEADERS": list(DEFAULT_REDACT_HEADERS),
+    "WEBHOOKS_MAX_CLAIMS": 3,
 }
 
 
@@ -103,6 +104,8 @@ class Config:
     enqueue_timeout: float | None = 1.0
     #: Header (and query parameter) names whose values are never stored or shown.
     redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
+    #: Claims without a recorded result after which a delivery is poison.
+    max_claims: int = 3
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -184,6 +187,7 @@ class Config:
             condition_timeout=optional("WEBHOOKS_CONDITION_TIMEOUT"),
             enqueue_timeout=optional("WEBHOOKS_ENQUEUE_TIMEOUT"),
             redact_headers=redact,
+            max_claims=number("WEBHOOKS_MAX_CLAIMS", int, 1),
         )
 
 

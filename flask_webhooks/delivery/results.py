@@ -52,6 +52,7 @@ _RESULT_COLUMNS = (
     "response_headers",
     "response_body",
     "duration_ms",
+    "claims",
 )
 
 
@@ -152,6 +153,7 @@ def _unsent_statement(table: sa.Table) -> t.Any:
         completed_at=sa.bindparam("v_now"),
         # Nothing was sent: this does not count as an attempt.
         attempts=c.attempts - 1,
+        claims=0,
     )
 
 
@@ -280,6 +282,7 @@ def _result_params(a: Attempt) -> dict[str, t.Any]:
         "v_response_headers": kept["response_headers"],
         "v_response_body": kept["response_body"],
         "v_duration_ms": kept["duration_ms"],
+        "v_claims": 0,  # a result is recorded: not poison (see .poison)
     }
 
 
