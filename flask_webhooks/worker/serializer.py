@@ -73,8 +73,8 @@ class JSONSerializer:
             logger.warning(
                 "flask-webhooks: dropped a queue message that is not flask-webhooks "
                 "JSON (%d bytes starting %r: %s); it was not executed. Something "
-                "other than flask-webhooks writes to this queue (see 'Trust "
-                "boundaries' in the security docs)",
+                "other than flask-webhooks writes to this queue (see 'The queue is "
+                "a trust boundary' in the security docs)",
                 len(data) if data is not None else 0,
                 preview,
                 e,
