@@ -9,6 +9,7 @@ factory; the worker stage gets the start of embedded workers.
 from __future__ import annotations
 
 import functools
+import logging
 import typing as t
 
 import sqlalchemy as sa
@@ -39,12 +40,15 @@ from .transport.policy import URLPolicy
 from .validation import WebhookValidationError
 from .worker.consumers import start_embedded_workers
 from .worker.queue import make_huey
+from .worker.serializer import pickles
 
 if t.TYPE_CHECKING:
     import huey as huey_mod
     import marshmallow as ma
     from flask_sqlalchemy import SQLAlchemy
     from sqlalchemy.orm import Session
+
+logger = logging.getLogger(__name__)
 
 
 def _transport_factory(config: Config) -> t.Callable[[], Transport]:
@@ -119,7 +123,9 @@ class Webhooks:
         """Set up ``app``: config defaults, the queue, tasks and listeners.
 
         :param db: required here if not given to the constructor.
-        :param huey: overrides ``WEBHOOKS_QUEUE_URL`` for this app.
+        :param huey: overrides ``WEBHOOKS_QUEUE_URL`` for this app. Its
+            serializer is left as it is; a pickling one (Huey's default) is
+            logged as a warning, see :doc:`security`.
         :raises RuntimeError: if ``app`` is already set up with flask-webhooks.
         """
         if "webhooks" in app.extensions:
@@ -141,6 +147,14 @@ class Webhooks:
             huey = self._huey
         if huey is None:
             huey = make_huey(config.queue_url, app.instance_path)
+        elif pickles(huey):
+            logger.warning(
+                "flask-webhooks: the Huey instance given to init_app() pickles its "
+                "messages: whoever can write to its queue can run code in the "
+                "workers. Build it with serializer=flask_webhooks.worker."
+                "JSONSerializer() (flask-webhooks' tasks need nothing else), or a "
+                "huey SignedSerializer, and keep the queue private"
+            )
         state = WebhooksState(
             app,
             db,

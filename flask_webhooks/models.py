@@ -188,6 +188,9 @@ class DeliveryBase:
     )
     #: Set while a worker holds the delivery; an expired lease may be reclaimed.
     leased_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, default=None)
+    #: Claims since the last recorded result: counted by the claim, reset by
+    #: the result write. At ``WEBHOOKS_MAX_CLAIMS`` the delivery is poison.
+    claims: Mapped[int] = mapped_column(default=0, server_default="0")
     last_status_code: Mapped[int | None] = mapped_column(default=None)
     last_error: Mapped[str | None] = mapped_column(sa.Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -27,6 +27,8 @@ from flask import has_request_context
 from werkzeug.utils import import_string
 
 from .conditions import DEFAULT_CONDITION_TIMEOUT
+from .sanitize import DEFAULT_REDACT_HEADERS
+from .sanitize import Redactor
 from .templating import DEFAULT_TEMPLATE_TIMEOUT
 from .templating import MAX_RENDERED_CHARS
 from .templating import TemplateLimits
@@ -69,6 +71,10 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_TEMPLATE_TIMEOUT": DEFAULT_TEMPLATE_TIMEOUT,
     "WEBHOOKS_TEMPLATE_MAX_CHARS": MAX_RENDERED_CHARS,
     "WEBHOOKS_CONDITION_TIMEOUT": DEFAULT_CONDITION_TIMEOUT,
+    "WEBHOOKS_ENQUEUE_TIMEOUT": 1.0,
+    "WEBHOOKS_ADMIN_OPEN": False,
+    "WEBHOOKS_REDACT_HEADERS": list(DEFAULT_REDACT_HEADERS),
+    "WEBHOOKS_MAX_CLAIMS": 3,
 }
 
 
@@ -94,6 +100,12 @@ class Config:
     template_timeout: float | None = DEFAULT_TEMPLATE_TIMEOUT
     template_max_chars: int = MAX_RENDERED_CHARS
     condition_timeout: float | None = DEFAULT_CONDITION_TIMEOUT
+    #: Seconds the enqueue after a commit may wait for a Redis queue.
+    enqueue_timeout: float | None = 1.0
+    #: Header (and query parameter) names whose values are never stored or shown.
+    redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
+    #: Claims without a recorded result after which a delivery is poison.
+    max_claims: int = 3
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -101,6 +113,11 @@ class Config:
         return TemplateLimits(
             timeout=self.template_timeout, max_chars=self.template_max_chars
         )
+
+    @functools.cached_property
+    def redactor(self) -> Redactor:
+        """Masks credentials in the headers and URLs this app stores and shows."""
+        return Redactor(self.redact_headers)
 
     @classmethod
     def from_app(cls, app: Flask) -> Config:
@@ -138,6 +155,13 @@ class Config:
             raise ValueError(
                 "WEBHOOKS_USERNAME_GETTER must be a callable or import path"
             )
+        redact = c["WEBHOOKS_REDACT_HEADERS"]
+        if isinstance(redact, str) or not isinstance(redact, t.Iterable):
+            raise ValueError(
+                f"WEBHOOKS_REDACT_HEADERS must be a list of header names, got {redact!r}"
+            )
+        redact = tuple(redact)
+        Redactor(redact)  # raises for a bad entry, naming the key
         disable = c["WEBHOOKS_DISABLE_AFTER_FAILURES"]
         denied = c["WEBHOOKS_DENIED_NETWORKS"]
         return cls(
@@ -161,6 +185,9 @@ class Config:
             template_timeout=optional("WEBHOOKS_TEMPLATE_TIMEOUT"),
             template_max_chars=number("WEBHOOKS_TEMPLATE_MAX_CHARS", int, 1),
             condition_timeout=optional("WEBHOOKS_CONDITION_TIMEOUT"),
+            enqueue_timeout=optional("WEBHOOKS_ENQUEUE_TIMEOUT"),
+            redact_headers=redact,
+            max_claims=number("WEBHOOKS_MAX_CLAIMS", int, 1),
         )
 
 
@@ -254,15 +281,18 @@ class WebhooksState:
         delay: float | None = None,
         *,
         keys: t.Sequence[t.Hashable] | None = None,
+        timeout: float | None = None,
     ) -> None:
         """Hand delivery ids to the queue (after their rows are committed).
 
         :param keys: the webhook id of each delivery, in the order of ``ids``:
             many deliveries of one webhook then travel as batch tasks.
+        :param timeout: give up on a Redis queue after this many seconds
+            (the enqueue then raises; the sweep finds the rows later).
         """
         if self.enqueue_ids is None:
             raise RuntimeError("flask-webhooks: the delivery tasks are not registered")
-        self.enqueue_ids(ids, delay=delay, keys=keys)
+        self.enqueue_ids(ids, delay=delay, keys=keys, timeout=timeout)
 
 
 def lookup_state(app: Flask | None = None) -> WebhooksState | None:

@@ -128,6 +128,8 @@ def live_app(
     from flask_admin.theme import Bootstrap4Theme
     from flask_webhooks.worker.consumers import stop_embedded_workers
 
+    # Open on purpose (a test on 127.0.0.1): no banner in the screenshots.
+    app.config["WEBHOOKS_ADMIN_OPEN"] = True
     admin = Admin(app, name="Inventory", theme=Bootstrap4Theme(fluid=True))
     webhooks.init_admin(admin)
     yield app

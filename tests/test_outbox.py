@@ -59,7 +59,7 @@ def enqueued(webhooks, monkeypatch):
     calls: list[tuple[str, t.Any]] = []
     state = webhooks.state
 
-    def record(ids, delay=None, *, keys=None):
+    def record(ids, delay=None, *, keys=None, timeout=None):
         ids = list(ids)
         assert keys is not None and len(keys) == len(ids)
         calls.extend(zip(ids, keys, strict=True))

@@ -8,6 +8,7 @@ the formatting helpers their templates use in
 
 from __future__ import annotations
 
+import logging
 import typing as t
 
 from flask import abort
@@ -25,8 +26,14 @@ if t.TYPE_CHECKING:
     from ..state import WebhooksState
 
 
+logger = logging.getLogger(__name__)
+
 #: ``() -> bool``: may the current user use the webhook screens?
 AccessCheck = t.Callable[[], bool]
+
+#: Config key: the app means its webhook screens to be open to everyone who
+#: can reach them (protected some other way); no warning, no banner.
+ADMIN_OPEN = "WEBHOOKS_ADMIN_OPEN"
 
 #: Ships ``templates/webhooks/admin/*.html``; registered on the app with the views.
 templates_blueprint = Blueprint(
@@ -82,6 +89,7 @@ class ViewOptions:
         self.webhooks = webhooks
         self.is_accessible = is_accessible
         self.prefix = prefix
+        self.warned = False
 
     def endpoint(self, view: str) -> str:
         return f"{self.prefix}_{view}"
@@ -89,6 +97,32 @@ class ViewOptions:
     @property
     def state(self) -> WebhooksState:
         return self.webhooks.state
+
+    def is_open(self, app: Flask) -> bool:
+        """Whether anyone who reaches the screens may use them, without the
+        app saying so on purpose (:data:`ADMIN_OPEN`): no ``is_accessible``
+        hook and no Flask-Login ``LoginManager``."""
+        return (
+            self.is_accessible is None
+            and getattr(app, "login_manager", None) is None
+            and not app.config.get(ADMIN_OPEN)
+        )
+
+    def warn_if_open(self, app: Flask) -> None:
+        """Log a warning (once) when the screens are open to everyone."""
+        if self.warned or not self.is_open(app):
+            return
+        self.warned = True
+        logger.warning(
+            "flask-webhooks admin: the webhook screens of app %r are open to "
+            "EVERYONE who can reach them: init_admin() got no is_accessible hook "
+            "and the app has no Flask-Login LoginManager. Anyone could create "
+            "webhooks that make this server send requests (to internal services "
+            "too) and read the answers. Pass is_accessible=, set up Flask-Login, "
+            "or set %s = True if the screens are protected another way",
+            app.name,
+            ADMIN_OPEN,
+        )
 
 
 class AdminViewMixin:
@@ -120,6 +154,7 @@ class AdminViewMixin:
     def create_blueprint(self, admin: t.Any) -> t.Any:
         app = admin.app
         require_secret_key(app)
+        self.options.warn_if_open(app)
         if templates_blueprint.name not in app.blueprints:
             app.register_blueprint(templates_blueprint)
         return super().create_blueprint(admin)  # type: ignore[misc]
@@ -127,6 +162,7 @@ class AdminViewMixin:
     def render(self, template: str, **kwargs: t.Any) -> str:
         kwargs.setdefault("wh", HELPERS)
         kwargs.setdefault("wh_url", self.wh_url)
+        kwargs.setdefault("wh_admin_open", self.options.is_open(current_app))
         return super().render(template, **kwargs)  # type: ignore[misc]
 
     def wh_url(self, view: str, endpoint: str = "index_view", **kwargs: t.Any) -> str:

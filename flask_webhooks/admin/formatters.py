@@ -10,7 +10,9 @@ from markupsafe import escape
 from markupsafe import Markup
 
 from .. import models as m
-from ..worker.queue import redact_url
+from ..sanitize import DEFAULT_REDACTOR
+from ..sanitize import Redactor
+from ..state import lookup_state
 
 _BADGES = {
     m.PENDING: "secondary",
@@ -80,14 +82,23 @@ def format_duration(ms: float | None) -> str:
     return f"{ms / 1000:.2f} s"
 
 
+def _redactor() -> Redactor:
+    state = lookup_state()
+    return state.config.redactor if state is not None else DEFAULT_REDACTOR
+
+
 def display_url(url: str | None) -> str:
-    """A URL for lists and logs: any password in it replaced by ``***``."""
+    """A URL for lists and logs: any password in it replaced by ``***``, and
+    secret-looking query parameters (``WEBHOOKS_REDACT_HEADERS``) masked."""
     if not url:
         return ""
-    try:
-        return redact_url(url)
-    except ValueError:
-        return url
+    return _redactor().url(url)
+
+
+def display_headers(headers: t.Mapping[str, str] | None) -> dict[str, str]:
+    """Stored headers for display, secret ones masked (rows written before a
+    name was added to ``WEBHOOKS_REDACT_HEADERS`` included)."""
+    return _redactor().headers(headers)
 
 
 def pretty_body(body: bytes | None, content_type: str | None) -> tuple[str, bool]:
@@ -128,6 +139,7 @@ class _Helpers:
     format_age = staticmethod(format_age)
     format_duration = staticmethod(format_duration)
     display_url = staticmethod(display_url)
+    display_headers = staticmethod(display_headers)
     pretty_body = staticmethod(pretty_body)
     pretty_json = staticmethod(pretty_json)
     truncate = staticmethod(truncate)

@@ -41,9 +41,11 @@ from sqlalchemy.orm.base import PASSIVE_NO_INITIALIZE
 from sqlalchemy.orm.state import InstanceState
 
 from .. import models as m
+from ..sanitize import scrub
 from ..state import lookup_state
 from .journal import Entry
 from .outbox import build_chunks
+from .outbox import failed_rows
 
 if t.TYPE_CHECKING:
     from ..registry import Registration
@@ -441,8 +443,11 @@ def _before_commit(session: Session) -> None:
         session.flush()
     if tx is None or not tx.journal:
         return
+    state = tx.state
+    request_id = current_request_id() or str(uuid.uuid4())
+    username = state.username()
+    conn = None
     try:
-        state = tx.state
         conn = session.connection(
             bind_arguments={"mapper": sa.inspect(state.models.Delivery)}
         )
@@ -450,18 +455,50 @@ def _before_commit(session: Session) -> None:
         chunks = build_chunks(
             tx.journal,
             tx.index,
-            request_id=current_request_id() or str(uuid.uuid4()),
-            username=state.username(),
+            request_id=request_id,
+            username=username,
             fanout=writer.fanout_available(conn),
         )
-        ids, keys = writer.write_chunks(conn, chunks)
+        # A savepoint: a failed write leaves the user's transaction usable
+        # (PostgreSQL would otherwise abort it, and roll it back at COMMIT).
+        with conn.begin_nested():
+            ids, keys = writer.write_chunks(conn, chunks)
         tx.to_enqueue.extend(ids)
         tx.enqueue_keys.extend(keys)
-    except Exception:
+    except Exception as e:
         logger.exception(
             "flask-webhooks: failed to record deliveries; the commit goes on"
         )
+        if conn is not None:
+            record_capture_failure(tx, conn, e, request_id, username)
     tx.journal.clear()
+
+
+def record_capture_failure(
+    tx: _Transaction,
+    conn: sa.Connection,
+    error: Exception,
+    request_id: str,
+    username: str | None,
+) -> None:
+    """After writing a commit's delivery rows failed: write a ``failed`` row
+    with the error for each event and webhook instead, so no delivery is
+    lost without a trace. Never raises."""
+    message = scrub(
+        f"could not record this delivery at commit time: {type(error).__name__}: "
+        f"{error}"
+    )[:4000]
+    try:
+        rows = failed_rows(
+            tx.journal, tx.index, message, request_id=request_id, username=username
+        )
+        with conn.begin_nested():
+            tx.state.outbox.write(conn, rows)
+    except Exception:
+        logger.exception(
+            "flask-webhooks: could not record the failure either; the events of "
+            "this commit have no delivery rows"
+        )
 
 
 def _after_commit(session: Session) -> None:
@@ -470,8 +507,13 @@ def _after_commit(session: Session) -> None:
     tx = session.info.pop(_INFO_KEY, None)
     if tx is None or not tx.to_enqueue:
         return
+    state = tx.state
     try:
-        tx.state.enqueue(tx.to_enqueue, keys=tx.enqueue_keys)
+        # A hung queue must not hold up the user's commit for long: the rows
+        # are committed, and the sweep enqueues whatever this misses.
+        state.enqueue(
+            tx.to_enqueue, keys=tx.enqueue_keys, timeout=state.config.enqueue_timeout
+        )
     except Exception:
         # The rows are committed: the sweeper will find them.
         logger.exception(

@@ -22,6 +22,8 @@ from ..payload import comparable
 from ..payload import dumps
 from ..payload import envelope
 from ..payload import render_body
+from ..sanitize import scrub
+from ..sanitize import scrub_optional
 from ..templating import DEFAULT_LIMITS
 from ..templating import TemplateLimits
 
@@ -60,6 +62,7 @@ def test_delivery_row(
     """
     now = m.utcnow()
     request_id = str(uuid.uuid4())
+    username = scrub_optional(username)
     model = (hook.models or [""])[0]
     payload = envelope(
         event=TEST_EVENT,
@@ -145,7 +148,7 @@ def _object_id(state: InstanceState[t.Any]) -> str:
     if key is None:
         key = state.mapper.identity_key_from_instance(state.obj())
     values = key[1]
-    return ",".join(str(v) for v in values)[:255]
+    return scrub(",".join(str(v) for v in values))[:255]
 
 
 #: Events built and written together: the rows, bodies and parameter lists of
@@ -197,6 +200,8 @@ def build_chunks(
     """
     now = m.utcnow()
     timestamp = now.isoformat()
+    # PostgreSQL text cannot hold NUL: the payload says what the row says.
+    username = scrub_optional(username)
     db_username = username[:255] if username else None
     finals = _coalesce(journal)
     size = chunk_events or CHUNK_EVENTS
@@ -348,6 +353,34 @@ def _row(
         "content_type": hook.content_type,
         "last_error": error,
     }
+
+
+def failed_rows(
+    journal: list[Entry],
+    index: Index,
+    error: str,
+    *,
+    request_id: str,
+    username: str | None,
+) -> list[dict[str, t.Any]]:
+    """A ``failed`` delivery row carrying ``error`` for each event of
+    ``journal`` and each webhook that takes its model and event (conditions
+    are not evaluated): what capture writes when writing the real rows
+    failed, so the loss is on record. Only plain, cleaned values (no body)."""
+    now = m.utcnow()
+    name = scrub(username)[:255] if username else None
+    rows = []
+    for final in _coalesce(journal):
+        reg = final.entry.reg
+        event = t.cast(str, final.op)
+        try:
+            object_id = _object_id(final.entry.insp)
+        except Exception:
+            object_id = ""
+        shared = (event, reg.name, object_id, request_id, name)
+        for hook in index.matching(reg.name, event):
+            rows.append(_row(shared, hook, m.FAILED, now, error=error))
+    return rows
 
 
 def new_uuid() -> str:

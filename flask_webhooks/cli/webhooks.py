@@ -35,6 +35,7 @@ def list_command(as_json: bool) -> None:
     many of its deliveries are queued or failed.
     """
     state = get_state()
+    shown_url = state.config.redactor.url
     W = state.models.Webhook
     D = state.models.Delivery
     session = state.db.session
@@ -68,7 +69,7 @@ def list_command(as_json: bool) -> None:
                         "enabled": h.enabled,
                         "models": list(h.models or []),
                         "events": h.events,
-                        "payload_url": h.payload_url,
+                        "payload_url": shown_url(h.payload_url),
                         "last_delivery_status": h.last_delivery_status,
                         "last_delivery_at": h.last_delivery_at.isoformat()
                         if h.last_delivery_at
@@ -97,7 +98,7 @@ def list_command(as_json: bool) -> None:
             "yes" if h.enabled else "no",
             ",".join(h.models or []) or "-",
             ",".join(e[0] for e in h.events) or "-",
-            _clip(h.payload_url, 50),
+            _clip(shown_url(h.payload_url), 50),
             _when(h.last_delivery_at),
             health[h.id],
         )
@@ -167,7 +168,7 @@ def ping_command(webhook: str, retry: bool) -> None:
             f"webhook {name!r} is disabled{reason}; enable it first "
             "(admin, or set enabled=True)"
         )
-    url = hook.payload_url
+    url = state.config.redactor.url(hook.payload_url)
     delivery_id = _create_test_delivery(state, hook)
     # Hold no read transaction while the delivery engine writes (SQLite locks).
     state.db.session.close()

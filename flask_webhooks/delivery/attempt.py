@@ -84,6 +84,7 @@ def make_attempt(
             m.FAILED,
             error=reason,
             count_failure=count_failure,
+            redactor=cfg.redactor,
         )
 
     if hook is None:
@@ -134,6 +135,7 @@ def make_attempt(
         request=request,
         result=result,
         disable_reason=disable_reason,
+        redactor=cfg.redactor,
     )
 
 

@@ -17,6 +17,8 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .poison import count_claims
+from .poison import DEFAULT_MAX_CLAIMS
 
 if t.TYPE_CHECKING:
     from ..state import Config
@@ -97,6 +99,7 @@ def _claim_statements(
             updated_at=sa.bindparam("b_updated_at"),
         )
     )
+    stmt = count_claims(stmt, table)
     if no_flush_wait:
         # PostgreSQL: the (autocommitted) statement's own transaction commits
         # without waiting for the WAL flush; see _claiming.
@@ -142,6 +145,7 @@ def claim_many(
     webhooks: sa.Table | None = None,
     *,
     no_flush_wait: bool = False,
+    max_claims: int = DEFAULT_MAX_CLAIMS,
 ) -> list[sa.Row[t.Any]]:
     """Atomically take the due ones of ``delivery_ids`` for one attempt each.
 
@@ -154,7 +158,9 @@ def claim_many(
     (``now`` + ``lease``), which identifies this claim. With ``webhooks``
     (the webhook table) each row also carries ``webhook_updated_at``.
     ``no_flush_wait`` (PostgreSQL, autocommit connections only) lets the
-    statement's transaction commit without waiting for the disk.
+    statement's transaction commit without waiting for the disk. Rows
+    already claimed ``max_claims`` times without a recorded result are
+    skipped (poison, see :mod:`.poison`).
     """
     update, update_returning, read_back = _claim_statements(
         table, webhooks, no_flush_wait
@@ -165,6 +171,7 @@ def claim_many(
         "b_now": now,
         "b_lease_until": now + dt.timedelta(seconds=lease),
         "b_updated_at": now,
+        "b_max_claims": max_claims,
     }
     if conn.dialect.update_returning:
         return list(conn.execute(update_returning, params))

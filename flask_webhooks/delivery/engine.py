@@ -38,9 +38,9 @@ from .claim import claimed_webhooks
 from .claim import claiming
 from .claim import lease_seconds
 from .claim import renew
+from .poison import record_safely
 from .results import Attempt
 from .results import Outcome
-from .results import record
 
 if t.TYPE_CHECKING:
     from ..state import WebhooksState
@@ -109,6 +109,7 @@ def deliver_batch(
             lease,
             W,
             no_flush_wait=conn.dialect.name == "postgresql",
+            max_claims=cfg.max_claims,
         )
         hooks = claimed_webhooks(state, conn, W, rows)
     outcomes = {i: Outcome(i, claimed=False) for i in ids}
@@ -148,11 +149,11 @@ def deliver_batch(
             or position == len(queue) - 1
             or time.monotonic() - last_write >= RECORD_INTERVAL
         ):
-            for outcome in record(state, waiting):
+            for outcome in record_safely(state, waiting):
                 outcomes[outcome.delivery_id] = outcome
             waiting = []
             last_write = time.monotonic()
     if waiting:
-        for outcome in record(state, waiting):
+        for outcome in record_safely(state, waiting):
             outcomes[outcome.delivery_id] = outcome
     return [outcomes[i] for i in ids]

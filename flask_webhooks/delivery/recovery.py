@@ -18,6 +18,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .poison import fail_poisoned
 
 if t.TYPE_CHECKING:
     from ..state import WebhooksState
@@ -112,10 +113,14 @@ def sweep(
     due rows, the periodic sweep takes them for a backlog still draining and
     enqueues only rows whose worker died (expired leases).
 
+    Deliveries claimed ``WEBHOOKS_MAX_CLAIMS`` times without a recorded
+    result are ended as ``failed`` first (:func:`.poison.fail_poisoned`).
+
     :param older_than: leave rows due for less than this many seconds to the
         enqueue that follows their commit.
     """
     now = now or m.utcnow()
+    fail_poisoned(state, now=now)
     if hold is None:
         rows = due_rows(state, now=now, older_than=older_than)
         _enqueue(state, rows)
@@ -238,6 +243,7 @@ def requeue(
                     leased_until=None,
                     completed_at=None,
                     updated_at=now,
+                    claims=0,
                 )
             )
             if conn.dialect.update_returning:

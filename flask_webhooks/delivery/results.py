@@ -21,6 +21,10 @@ import sqlalchemy as sa
 from .. import models as m
 from .. import signals
 from ..capture.index import expire_all
+from ..sanitize import DEFAULT_REDACTOR
+from ..sanitize import Redactor
+from ..sanitize import scrub
+from ..sanitize import scrub_optional
 from ..transport.message import HTTPRequest
 from ..transport.message import HTTPResult
 
@@ -48,8 +52,8 @@ _RESULT_COLUMNS = (
     "response_headers",
     "response_body",
     "duration_ms",
+    "claims",
 )
-_SECRET_HEADERS = ("x-hook-signature", "webhook-signature", "authorization")
 
 
 @dataclass
@@ -96,18 +100,19 @@ class Attempt:
     result: HTTPResult | None = None
     disable_reason: str | None = None
     count_failure: bool = False
+    #: Masks credentials in what is stored (``WEBHOOKS_REDACT_HEADERS``).
+    redactor: Redactor = DEFAULT_REDACTOR
 
     @property
     def sent(self) -> bool:
         return self.request is not None and self.result is not None
 
 
-def redact(headers: t.Mapping[str, str]) -> dict[str, str]:
+def redact(
+    headers: t.Mapping[str, str], redactor: Redactor = DEFAULT_REDACTOR
+) -> dict[str, str]:
     """Headers as stored for the admin: signatures and credentials masked."""
-    return {
-        k: ("<redacted>" if k.lower() in _SECRET_HEADERS else v)
-        for k, v in headers.items()
-    }
+    return redactor.headers(headers)
 
 
 def clip(text: str | None, limit: int = 4000) -> str | None:
@@ -148,6 +153,7 @@ def _unsent_statement(table: sa.Table) -> t.Any:
         completed_at=sa.bindparam("v_now"),
         # Nothing was sent: this does not count as an attempt.
         attempts=c.attempts - 1,
+        claims=0,
     )
 
 
@@ -175,7 +181,7 @@ def record(state: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]
                         {
                             "b_id": a.delivery_id,
                             "b_attempt": a.number,
-                            "v_error": clip(a.error),
+                            "v_error": scrub_optional(clip(a.error)),
                             "v_now": a.finished_at,
                         },
                     ).rowcount
@@ -241,16 +247,18 @@ def record(state: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]
 
 
 def _stored(a: Attempt) -> dict[str, t.Any]:
-    """What the delivery row and the attempt row both keep of a sent attempt."""
+    """What the delivery row and the attempt row both keep of a sent attempt:
+    credentials masked, NUL characters replaced (PostgreSQL refuses them)."""
     request, result = a.request, a.result
     assert request is not None and result is not None
+    redactor = a.redactor
     return {
         "status_code": result.status_code,
-        "error": clip(a.error),
-        "request_url": request.url[:2000],
-        "request_headers": redact(request.headers),
-        "response_headers": result.headers or None,
-        "response_body": result.body_excerpt,
+        "error": scrub_optional(clip(a.error)),
+        "request_url": redactor.url(scrub(request.url))[:2000],
+        "request_headers": redactor.headers(request.headers),
+        "response_headers": redactor.headers(result.headers) or None,
+        "response_body": scrub_optional(result.body_excerpt),
         "duration_ms": round(result.duration * 1000, 3),
     }
 
@@ -274,6 +282,7 @@ def _result_params(a: Attempt) -> dict[str, t.Any]:
         "v_response_headers": kept["response_headers"],
         "v_response_body": kept["response_body"],
         "v_duration_ms": kept["duration_ms"],
+        "v_claims": 0,  # a result is recorded: not poison (see .poison)
     }
 
 

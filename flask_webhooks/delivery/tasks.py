@@ -86,6 +86,7 @@ def enqueue(
     *,
     delay: float | None = None,
     keys: t.Sequence[t.Hashable] | None = None,
+    timeout: float | None = None,
 ) -> None:
     """Hand delivery ids to the queue (after their rows are committed).
 
@@ -94,7 +95,9 @@ def enqueue(
     (the webhook id of each delivery) a webhook's burst of at least
     :data:`BATCH_THRESHOLD` deliveries goes as batch tasks (see
     :func:`batches`). With ``delay`` the tasks go to the queue's schedule.
-    Starts embedded workers on first use and wakes idle ones.
+    Starts embedded workers on first use and wakes idle ones. ``timeout``
+    bounds the wait for a Redis queue (see
+    :func:`~flask_webhooks.worker.queue.enqueue_many`).
     """
     id_list = [str(i) for i in ids]
     if not id_list:
@@ -111,7 +114,7 @@ def enqueue(
             task.s(group[0]) if len(group) == 1 else batch_task.s(group)
             for group in batches(id_list, keys, state.config.delivery_batch_size)
         ]
-        enqueue_many(state.huey, tasks)
+        enqueue_many(state.huey, tasks, timeout=timeout)
     workers = state.workers
     if workers:
         workers.wake()

@@ -180,6 +180,7 @@ class DeliveryRecorder:
         delay: float | None = None,
         *,
         keys: t.Sequence[t.Hashable] | None = None,
+        timeout: float | None = None,
     ) -> None:
         ids = list(ids)
         if delay:

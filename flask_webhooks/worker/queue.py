@@ -5,12 +5,16 @@ from __future__ import annotations
 import importlib
 import os
 import typing as t
+import weakref
 from urllib.parse import urlsplit
 
 import huey
 from huey import signals as huey_signals
 from huey.storage import RedisStorage
 from huey.storage import SqliteStorage
+
+from ..sanitize import mask_url
+from .serializer import JSONSerializer
 
 QUEUE_NAME = "flask-webhooks"
 
@@ -44,21 +48,24 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
         message names the extra that installs it.
 
     Task results are not stored (``results=False``): nothing reads them, and
-    a result store would grow with every delivery.
+    a result store would grow with every delivery. Messages are JSON
+    (:class:`~flask_webhooks.worker.serializer.JSONSerializer`), never pickles:
+    whoever can write to the queue cannot run code in the workers.
     """
+    options: dict[str, t.Any] = {"results": False, "serializer": JSONSerializer()}
     if not url:
         os.makedirs(instance_path, exist_ok=True)
         return huey.SqliteHuey(
             QUEUE_NAME,
             filename=os.path.join(instance_path, "webhooks-queue.sqlite"),
-            results=False,
+            **options,
         )
     scheme = urlsplit(url).scheme.lower()
     base = scheme.split("+", 1)[0]
     if scheme == "immediate":
-        return huey.MemoryHuey(QUEUE_NAME, immediate=True, results=False)
+        return huey.MemoryHuey(QUEUE_NAME, immediate=True, **options)
     if scheme == "memory":
-        return huey.MemoryHuey(QUEUE_NAME, results=False)
+        return huey.MemoryHuey(QUEUE_NAME, **options)
     if scheme == "sqlite":
         path = url.split("://", 1)[1]
         path = path[1:] if path.startswith("/") else path
@@ -70,20 +77,20 @@ def make_huey(url: str | None, instance_path: str) -> huey.Huey:
         if not os.path.isabs(path):
             os.makedirs(instance_path, exist_ok=True)
             path = os.path.join(instance_path, path)
-        return huey.SqliteHuey(QUEUE_NAME, filename=path, results=False)
+        return huey.SqliteHuey(QUEUE_NAME, filename=path, **options)
     if scheme in ("redis", "rediss", "unix"):
         _require("redis", "redis", url)
         from redis import ConnectionPool
 
-        options = dict(REDIS_OPTIONS)
+        sockets = dict(REDIS_OPTIONS)
         if scheme == "unix":
-            options.pop("socket_keepalive")
-        pool = ConnectionPool.from_url(url, **options)
-        return huey.RedisHuey(QUEUE_NAME, connection_pool=pool, results=False)
+            sockets.pop("socket_keepalive")
+        pool = ConnectionPool.from_url(url, **sockets)
+        return huey.RedisHuey(QUEUE_NAME, connection_pool=pool, **options)
     if base in ("postgres", "postgresql"):
         _require("psycopg", "postgres", url)
         dsn = "postgresql" + url[len(scheme) :]
-        return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=dsn, results=False))
+        return t.cast(huey.Huey, huey.PostgresHuey(QUEUE_NAME, dsn=dsn, **options))
     raise ValueError(
         f"WEBHOOKS_QUEUE_URL: unsupported scheme {scheme!r} in {redact_url(url)!r} "
         "(expected immediate://, memory://, sqlite:///path, redis://, postgresql://)"
@@ -103,21 +110,28 @@ def _require(module: str, extra: str, url: str) -> None:
         ) from e
 
 
-def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
+def enqueue_many(
+    h: huey.Huey, tasks: t.Sequence[t.Any], *, timeout: float | None = None
+) -> None:
     """Put ``tasks`` (Huey task instances) on the queue with few round trips.
 
     Redis: one ``LPUSH`` per :data:`BATCH` messages (FIFO order is kept).
     SQLite: one transaction per batch. Other backends and immediate mode: one
     ``enqueue`` per task.
+
+    :param timeout: Redis: give up after this many seconds (connect, send and
+        answer each), through a connection of its own with no retries,
+        instead of the queue's longer socket timeouts. The caller handles the
+        error (the outbox and the sweep recover what was not enqueued).
     """
-    if h.immediate or len(tasks) < 2:
+    storage = h.storage
+    redis_list = type(storage) is RedisStorage and not storage.priority
+    fast = timeout is not None and redis_list and not h.immediate
+    if not fast and (h.immediate or len(tasks) < 2):
         for task in tasks:
             h.enqueue(task)
         return
-    storage = h.storage
-    batched = (type(storage) is RedisStorage and not storage.priority) or type(
-        storage
-    ) is SqliteStorage
+    batched = redis_list or type(storage) is SqliteStorage
     if not batched:
         for task in tasks:
             h.enqueue(task)
@@ -128,8 +142,9 @@ def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
             h._emit(huey_signals.SIGNAL_ENQUEUED, task)
         messages = [h.serialize_task(task) for task in chunk]
         if isinstance(storage, RedisStorage):
+            conn = _enqueue_client(storage, timeout) if fast else storage.conn
             # LPUSH a b c stores [c, b, a]; BRPOP takes a first: FIFO.
-            storage.conn.lpush(storage.queue_key, *messages)
+            conn.lpush(storage.queue_key, *messages)
         else:
             with storage.db(commit=True) as cursor:
                 cursor.executemany(
@@ -138,13 +153,49 @@ def enqueue_many(h: huey.Huey, tasks: t.Sequence[t.Any]) -> None:
                 )
 
 
+_enqueue_clients: weakref.WeakKeyDictionary[RedisStorage, tuple[float, t.Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _enqueue_client(storage: RedisStorage, timeout: t.Any) -> t.Any:
+    """A Redis client to ``storage``'s server whose every wait (connect,
+    send, answer) ends after ``timeout`` seconds, without retries.
+
+    Built once per storage from its pool's connection settings, so it works
+    for a Huey passed to ``init_app`` too; the workers' own connections (and
+    their blocking reads) keep the queue's timeouts.
+    """
+    found = _enqueue_clients.get(storage)
+    if found is not None and found[0] == timeout:
+        return found[1]
+    from redis import ConnectionPool
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = storage.conn.connection_pool
+    options = dict(pool.connection_kwargs)
+    options.pop("retry_on_error", None)
+    connect = options.get("socket_connect_timeout")
+    options.update(
+        socket_timeout=timeout,
+        socket_connect_timeout=min(connect, timeout) if connect else timeout,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 0),
+    )
+    client = Redis(
+        connection_pool=ConnectionPool(
+            connection_class=pool.connection_class, **options
+        )
+    )
+    _enqueue_clients[storage] = (timeout, client)
+    return client
+
+
 def redact_url(url: str) -> str:
     """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+    return mask_url(url)
 
 
 def backend_name(h: huey.Huey) -> str:
