@@ -1,8 +1,8 @@
 """``flask webhooks ...`` commands.
 
-``list``, ``deliveries``, ``ping``, ``retry``, ``sweep``, ``prune``, ``secret``
-and ``worker``. Each exits non-zero on an error, with a message that says what
-to do about it.
+``list``, ``deliveries``, ``ping``, ``retry``, ``sweep``, ``prune``, ``secret``,
+``worker`` and ``events`` (in :mod:`.cli_events`). Each exits non-zero on an
+error, with a message that says what to do about it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from flask.cli import AppGroup
 
 from . import models as m
 from .capture.outbox import test_delivery_row
+from .cli_events import events_command
 from .delivery.engine import deliver
 from .delivery.recovery import requeue
 from .delivery.recovery import sweep
@@ -29,6 +30,7 @@ from .worker.consumers import run_worker
 from .worker.queue import backend_name
 
 webhooks_cli = AppGroup("webhooks", help="Webhook deliveries, workers and maintenance.")
+webhooks_cli.add_command(events_command)
 
 
 def _queue_only(state: WebhooksState) -> WebhooksState:
@@ -143,6 +145,7 @@ def list_command(as_json: bool) -> None:
                         "enabled": h.enabled,
                         "models": list(h.models or []),
                         "events": h.events,
+                        "event_types": list(h.event_types or []),
                         "payload_url": h.payload_url,
                         "last_delivery_status": h.last_delivery_status,
                         "last_delivery_at": h.last_delivery_at.isoformat()
@@ -171,18 +174,15 @@ def list_command(as_json: bool) -> None:
             "yes" if h.enabled else "no",
             ",".join(h.models or []) or "-",
             ",".join(e[0] for e in h.events) or "-",
+            ",".join(h.event_types or []) or "-",
             _clip(h.payload_url, 50),
             _when(h.last_delivery_at),
             _health(h, counts.get(h.id, {})),
         )
         for h in hooks
     ]
-    click.echo(
-        _table(
-            ("ID", "NAME", "ENABLED", "MODELS", "EVENTS", "URL", "LAST", "HEALTH"),
-            rows,
-        )
-    )
+    headers = ("ID", "NAME", "ENABLED", "MODELS", "EVENTS", "EVENT TYPES", "URL")
+    click.echo(_table((*headers, "LAST", "HEALTH"), rows))
 
 
 @webhooks_cli.command("deliveries")
@@ -260,7 +260,7 @@ def deliveries_command(
                     _when(d.created_at),
                     d.webhook_name,
                     d.event,
-                    f"{d.model}:{d.object_id}" if d.object_id else d.model,
+                    ":".join(p for p in (d.model, d.object_id) if p) or "-",
                     d.status
                     + (
                         f" (next {_when(d.next_attempt_at)})"
