@@ -47,6 +47,7 @@ nitpick_ignore_regex = [
     (r"py:mod", r"(secrets|ipaddress|requests|re|regex)"),
     # third-party classes in signatures
     (r"py:class", r"(flask\.app\.)?Flask|SQLAlchemy|Session|ma\.Schema|huey_mod\.Huey"),
+    (r"py:class", r"marshmallow\.schema\.Schema"),
     (r"py:class", r"jinja2\..*"),
 ]
 nitpick_ignore = [
