@@ -498,3 +498,15 @@ def test_the_index_files_webhooks_by_event_type(
     assert index.models == {"site"}
     assert [h.name for h in index.matching("", "user.signed_up")] == ["both"]
     db.session.rollback()
+
+
+@pytest.mark.parametrize("config", [{"WEBHOOKS_ENABLED": False}])
+def test_a_disabled_extension_publishes_nothing_but_still_checks_names(
+    events: Webhooks, db: SQLAlchemy, subscribe: t.Any, receiver: RecordingReceiver
+) -> None:
+    subscribe("user.signed_up")
+    events.publish("user.signed_up", {"n": 1})
+    db.session.commit()
+    assert deliveries(events, db) == []
+    with pytest.raises(ValueError, match="not declared"):
+        events.publish("user.signed_in", {"n": 1})

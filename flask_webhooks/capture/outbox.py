@@ -125,12 +125,13 @@ class _Final:
 def _coalesce(journal: list[Entry | AppEntry]) -> list[_Final | AppEntry]:
     """One event per object: its net effect over the transaction, in the
     place of the object's first change. App events are never coalesced."""
-    finals: dict[t.Any, _Final | AppEntry] = {}
+    # Keyed by object state, or by the entry itself for app events.
+    finals: dict[t.Any, t.Any] = {}
     for e in journal:
         if isinstance(e, AppEntry):
             finals[e] = e
             continue
-        f = t.cast("_Final | None", finals.get(e.insp))
+        f = finals.get(e.insp)
         if f is None:
             finals[e.insp] = _Final(e.op, e, e.pre, e.collection_changed)
             continue
@@ -212,8 +213,8 @@ def build_chunks(
     size = chunk_events or CHUNK_EVENTS
     for start in range(0, len(finals), size):
         chunk = Chunk([], [], {}, now)
+        context = (index, timestamp, request_id, username, db_username, fanout)
         for final in finals[start : start + size]:
-            context = (index, timestamp, request_id, username, db_username, fanout)
             if isinstance(final, AppEntry):
                 _build_app_event(chunk, final, *context)
             else:
