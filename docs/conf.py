@@ -48,6 +48,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(dt|datetime)\.(datetime|timedelta)"),
     # third-party classes in signatures
     (r"py:class", r"(flask\.app\.)?Flask|SQLAlchemy|Session|ma\.Schema|huey_mod\.Huey"),
+    (r"py:class", r"marshmallow\.schema\.Schema"),
     (r"py:class", r"jinja2\..*"),
 ]
 nitpick_ignore = [

@@ -20,6 +20,7 @@ from flask import render_template
 from flask import Response
 from flask_webhooks.state import DEFAULTS
 
+from . import events
 from .extensions import db
 from .extensions import webhooks
 from .models import Device
@@ -42,6 +43,8 @@ webhooks.register(Site, schema=SiteSchema)
 webhooks.register(Device, schema=DeviceSchema)
 webhooks.register(Tenant)
 webhooks.register(Tag)
+# A business event, published when a site is retired (see events.py).
+events.install()
 
 
 def create_app(config: t.Mapping[str, t.Any] | None = None) -> Flask:

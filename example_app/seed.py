@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from flask import current_app
 
+from .events import SITE_DECOMMISSIONED
 from .extensions import db
 from .extensions import webhooks
 from .models import Device
@@ -44,6 +45,7 @@ def init_db() -> list[str]:
                 on_create=True,
                 on_update=True,
                 on_delete=True,
+                event_types=[SITE_DECOMMISSIONED],
                 payload_url=url,
                 secret=current_app.config["DEMO_WEBHOOK_SECRET"],
                 signature_scheme="both",

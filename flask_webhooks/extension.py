@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import typing as t
+from collections.abc import Mapping
 
 import sqlalchemy as sa
 from flask import Flask
@@ -19,8 +20,10 @@ from sqlalchemy import event
 from . import models as m
 from .capture.index import expire_all
 from .capture.index import IndexCache
+from .capture.journal import AppEntry
 from .capture.listeners import install_model_listeners
 from .capture.listeners import install_session_listeners
+from .capture.listeners import journal_app_event
 from .capture.writer import OutboxWriter
 from .cli import webhooks_cli
 from .delivery import recovery
@@ -28,6 +31,7 @@ from .delivery.tasks import enqueue
 from .delivery.tasks import register_tasks
 from .models import build_models
 from .models import Models
+from .registry import EventType
 from .registry import Registration
 from .registry import Registry
 from .state import Config
@@ -238,6 +242,95 @@ class Webhooks:
         if reg is None:
             raise LookupError(f"{model_or_name!r} is not registered")
         return reg
+
+    # -- app events ------------------------------------------------------------
+
+    def event_type(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        schema: type[ma.Schema] | ma.Schema | None = None,
+    ) -> EventType:
+        """Declare an app event type that :meth:`publish` can send.
+
+        Declare each type once, next to :meth:`register` calls; webhooks
+        subscribe to it through ``Webhook.event_types``, and the admin, the
+        CLI (``flask webhooks events``) and the event catalog list it with its
+        description and, with a schema, the JSON Schema of its ``data``.
+
+        :param name: the payload's ``event``, e.g. ``"invoice.paid"``: letters,
+            digits and ``_`` separated by ``.``, ``:``, ``/`` or ``-``, at most
+            100 characters; ``created``, ``updated``, ``deleted`` and ``test``
+            are reserved.
+        :param description: what happened, for people subscribing to it.
+        :param schema: a marshmallow schema (class or instance) that dumps the
+            published data; without one, publish a dict or an instance of a
+            registered model.
+        :raises ValueError: the name is invalid or already declared.
+
+        .. versionadded:: 0.2
+        """
+        return self.registry.add_event_type(
+            name, description=description, schema=schema
+        )
+
+    def publish(self, name: str, data: t.Any, object_id: t.Any = None) -> None:
+        """Publish an app event in the current ``db.session`` transaction.
+
+        Every enabled webhook subscribed to ``name`` gets one delivery, written
+        when the transaction commits, in the same transaction (like model
+        changes) and sent after the commit. A rollback, of the transaction or
+        of a savepoint (``begin_nested()``) the event was published in, drops
+        it. Two publishes are two events, delivered in publish order. Nothing
+        is done when no enabled webhook subscribes.
+
+        ``data`` is dumped at commit time (after the final flush, so new
+        objects have their primary keys): by the event type's schema if it
+        has one, else by the registered model's schema for an instance of a
+        registered model; a dict is sent as it is. A dump that fails records
+        the deliveries as ``failed``; the commit goes on.
+
+        :param name: a type declared with :meth:`event_type`.
+        :param data: a dict, or an object the event type's schema dumps, or
+            an instance of a registered model (then the payload's ``model``
+            is its registered name; otherwise ``model`` is null).
+        :param object_id: what the event is about, stored on the deliveries
+            (``Delivery.object_id``) and used for per-object order; default:
+            the primary key of a registered model's instance, else ``""``.
+        :raises ValueError: ``name`` was not declared.
+        :raises TypeError: ``data`` is neither a dict nor something a schema
+            of the event type or of a registered model dumps.
+
+        .. versionadded:: 0.2
+        """
+        found = self.registry.event_type(name)
+        if found is None:
+            declared = ", ".join(map(repr, self.registry.event_type_names()))
+            raise ValueError(
+                f"publish(): the event type {name!r} is not declared "
+                f"(declared: {declared or 'none'}); declare it once with "
+                f"webhooks.event_type({name!r}, description=...)"
+            )
+        reg = None
+        if isinstance(data, Mapping):
+            if found.schema is None:
+                data = dict(data)
+        else:
+            reg = self.registry.for_class(type(data))
+            if reg is None and found.schema is None:
+                raise TypeError(
+                    f"publish({name!r}): data must be a dict, an instance of a "
+                    f"registered model, or an object the event type's schema "
+                    f"dumps; got {type(data).__name__} and {name!r} has no schema"
+                )
+        state = self.state
+        if not state.enabled:
+            return
+        entry = AppEntry(
+            found, data, None if object_id is None else str(object_id), reg
+        )
+        journal_app_event(state.db.session(), entry)
 
     @property
     def Webhook(self) -> type[m.WebhookBase]:

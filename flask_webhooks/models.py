@@ -93,6 +93,10 @@ class WebhookBase:
     on_create: Mapped[bool] = mapped_column(default=False)
     on_update: Mapped[bool] = mapped_column(default=False)
     on_delete: Mapped[bool] = mapped_column(default=False)
+    #: Declared app event types (``Webhooks.event_type``) that fire it.
+    event_types: Mapped[list[str]] = mapped_column(
+        sa.JSON, default=list, server_default="[]"
+    )
     payload_url: Mapped[str] = mapped_column(sa.String(500))
     http_method: Mapped[str] = mapped_column(sa.String(10), default="POST")
     http_content_type: Mapped[str] = mapped_column(
@@ -132,6 +136,7 @@ class WebhookBase:
                 continue
             kwargs[column.key] = default.arg
         kwargs.setdefault("models", [])
+        kwargs.setdefault("event_types", [])
         super().__init__(**kwargs)
 
     @property
@@ -176,7 +181,9 @@ class DeliveryBase:
 
     #: The webhook's name when the event was captured (kept if it is deleted).
     webhook_name: Mapped[str] = mapped_column(sa.String(100), default="")
-    event: Mapped[str] = mapped_column(sa.String(16))
+    #: ``created``/``updated``/``deleted``, ``test``, or an app event type.
+    event: Mapped[str] = mapped_column(sa.String(100))
+    #: The registered model name; "" for an app event about no model instance.
     model: Mapped[str] = mapped_column(sa.String(100))
     object_id: Mapped[str] = mapped_column(sa.String(255), default="")
     request_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
@@ -276,7 +283,7 @@ class OutboxEventBase:
     grp: Mapped[int] = mapped_column()
     #: The delivery ids are this plus 3 hex digits numbering the webhook.
     id_prefix: Mapped[str] = mapped_column(sa.String(33))
-    event: Mapped[str] = mapped_column(sa.String(16))
+    event: Mapped[str] = mapped_column(sa.String(100))
     model: Mapped[str] = mapped_column(sa.String(100))
     object_id: Mapped[str] = mapped_column(sa.String(255))
     request_id: Mapped[str | None] = mapped_column(sa.String(36))

@@ -98,7 +98,7 @@ def envelope(
     *,
     event: str,
     timestamp: str,
-    model: str,
+    model: str | None,
     username: str | None,
     request_id: str | None,
     data: t.Any,

@@ -1,10 +1,12 @@
 """Registered models: which mapped classes produce events, under which name,
-dumped by which marshmallow schema.
+dumped by which marshmallow schema; and the app's declared event types
+(:class:`EventType`, see :meth:`flask_webhooks.Webhooks.event_type`).
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import typing as t
 from dataclasses import dataclass
 from dataclasses import field
@@ -47,12 +49,56 @@ class Registration:
         return self.schema.dump(obj)
 
 
+#: Event names of model changes and test deliveries: no app event type may
+#: take them.
+RESERVED_EVENT_NAMES = frozenset({"created", "updated", "deleted", "test"})
+#: Longest app event type name (the width of ``Delivery.event``).
+MAX_EVENT_NAME = 100
+_EVENT_NAME = re.compile(r"^[A-Za-z0-9_]+(?:[.:/-][A-Za-z0-9_]+)*$")
+
+
+@dataclass(eq=False)
+class EventType:
+    """An app event type declared with :meth:`flask_webhooks.Webhooks.event_type`.
+
+    :param name: the event name, sent as the payload's ``event``.
+    :param description: what happened, for the admin, the CLI and the catalog.
+    :param schema: the marshmallow schema instance that dumps the published
+        data, or None (a dict, or an instance of a registered model).
+    """
+
+    name: str
+    description: str = ""
+    schema: ma.Schema | None = None
+
+
+def event_name_problem(name: t.Any) -> str | None:
+    """What is wrong with ``name`` as an app event type name, or None."""
+    if not isinstance(name, str) or not name:
+        return f"must be a non-empty string, got {name!r}"
+    if len(name) > MAX_EVENT_NAME:
+        return f"must be at most {MAX_EVENT_NAME} characters (got {len(name)})"
+    if name in RESERVED_EVENT_NAMES:
+        return (
+            f"{name!r} is reserved for model changes and test deliveries; "
+            "use a dotted name such as 'invoice.paid'"
+        )
+    if not _EVENT_NAME.match(name):
+        return (
+            f"{name!r} is not a valid event name: use letters, digits and _, "
+            "separated by '.', ':', '/' or '-' (e.g. 'invoice.paid')"
+        )
+    return None
+
+
 class Registry:
-    """Maps model classes and names to their :class:`Registration`."""
+    """Maps model classes and names to their :class:`Registration`, and
+    app event names to their :class:`EventType`."""
 
     def __init__(self) -> None:
         self._by_class: dict[type[t.Any], Registration] = {}
         self._by_name: dict[str, Registration] = {}
+        self._event_types: dict[str, EventType] = {}
         # Lookups for subclasses are cached; None caches "not registered".
         self._lookup: dict[type[t.Any], Registration | None] = {}
 
@@ -68,6 +114,39 @@ class Registry:
 
     def by_name(self, name: str) -> Registration | None:
         return self._by_name.get(name)
+
+    def event_types(self) -> list[EventType]:
+        """Declared app event types, sorted by name."""
+        return [self._event_types[n] for n in sorted(self._event_types)]
+
+    def event_type_names(self) -> list[str]:
+        """Declared app event type names, sorted."""
+        return sorted(self._event_types)
+
+    def event_type(self, name: str) -> EventType | None:
+        """The declared event type ``name``, or None."""
+        return self._event_types.get(name)
+
+    def add_event_type(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        schema: type[ma.Schema] | ma.Schema | None = None,
+    ) -> EventType:
+        """Declare an app event type; see :meth:`flask_webhooks.Webhooks.event_type`."""
+        problem = event_name_problem(name)
+        if problem:
+            raise ValueError(f"event_type(): the name {problem}")
+        if name in self._event_types:
+            raise ValueError(f"the event type {name!r} is already declared")
+        if not isinstance(description, str):
+            raise TypeError(
+                f"event_type(): 'description' must be a string, got {description!r}"
+            )
+        found = EventType(name, description.strip(), _schema_instance(schema))
+        self._event_types[name] = found
+        return found
 
     def for_class(self, cls: type[t.Any]) -> Registration | None:
         """The registration for ``cls`` or its nearest registered base class."""
@@ -112,16 +191,9 @@ class Registry:
                 f"the model name {name!r} is already used by "
                 f"{self._by_name[name].model.__name__}; pass name= to register()"
             )
-        if schema is None:
-            schema_obj: ma.Schema = auto_schema(model)()
-        elif isinstance(schema, type) and issubclass(schema, ma.Schema):
-            schema_obj = schema()
-        elif isinstance(schema, ma.Schema):
-            schema_obj = schema
-        else:
-            raise TypeError(
-                f"register(): 'schema' must be a marshmallow Schema class or instance, got {schema!r}"
-            )
+        schema_obj = _schema_instance(schema, "register()")
+        if schema_obj is None:
+            schema_obj = auto_schema(model)()
         columns = tuple(
             (prop.key, prop.columns[0].key)
             for prop in mapper.column_attrs
@@ -137,6 +209,21 @@ class Registry:
         self._by_name[name] = reg
         self._lookup.clear()
         return reg
+
+
+def _schema_instance(
+    schema: type[ma.Schema] | ma.Schema | None, caller: str = "event_type()"
+) -> ma.Schema | None:
+    if schema is None:
+        return None
+    if isinstance(schema, type) and issubclass(schema, ma.Schema):
+        return schema()
+    if isinstance(schema, ma.Schema):
+        return schema
+    raise TypeError(
+        f"{caller}: 'schema' must be a marshmallow Schema class or instance, "
+        f"got {schema!r}"
+    )
 
 
 class Base64Bytes(ma.fields.Field):  # type: ignore[type-arg]

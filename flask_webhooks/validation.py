@@ -83,7 +83,8 @@ _BOOL_FIELDS = ("enabled", "on_create", "on_update", "on_delete", "ssl_verificat
 #: :func:`_changed_fields`).
 _DEPENDS = {
     "secret": ("secret", "signature_scheme"),
-    "on_create": ("on_create", "on_update", "on_delete"),
+    "on_create": ("on_create", "on_update", "on_delete", "models"),
+    "models": ("models", "event_types"),
 }
 #: Column lengths of the webhook table (used when the object is not mapped).
 _LENGTHS = {
@@ -286,8 +287,17 @@ def _name_taken(webhook: t.Any, name: str, session: Session | None) -> bool:
 
 
 def _check_models(
-    errors: dict[str, str], models: t.Any, registry: Registry | None
+    errors: dict[str, str],
+    models: t.Any,
+    registry: Registry | None,
+    *,
+    optional: bool = False,
 ) -> None:
+    """``optional``: the webhook has event types, so no model is needed."""
+    if optional and (
+        models is None or (isinstance(models, list | tuple) and not models)
+    ):
+        return
     if isinstance(models, str | bytes):
         errors["models"] = (
             f"must be a list of model names such as ['site', 'device'], "
@@ -296,14 +306,14 @@ def _check_models(
         return
     if not isinstance(models, list | tuple):
         if models is None:
-            errors["models"] = "choose at least one model"
+            errors["models"] = _NOTHING_CHOSEN
         else:
             errors["models"] = (
                 f"must be a list of model names, got {type(models).__name__}"
             )
         return
     if not models:
-        errors["models"] = "choose at least one model"
+        errors["models"] = _NOTHING_CHOSEN
         return
     bad = [m for m in models if not isinstance(m, str)]
     if bad:
@@ -320,6 +330,44 @@ def _check_models(
             errors["models"] = (
                 f"not registered: {', '.join(unknown)} (registered: {known})"
             )
+
+
+_NOTHING_CHOSEN = "choose at least one model (or an app event type in event_types)"
+
+
+def _check_event_types(
+    errors: dict[str, str], names: t.Any, registry: Registry | None
+) -> bool:
+    """Check ``event_types``; return whether it names at least one type."""
+    if names is None:
+        return False
+    if isinstance(names, str | bytes):
+        errors["event_types"] = (
+            f"must be a list of event type names such as ['invoice.paid'], "
+            f"not the string {names!r}"
+        )
+        return False
+    if not isinstance(names, list | tuple):
+        errors["event_types"] = (
+            f"must be a list of event type names, got {type(names).__name__}"
+        )
+        return False
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        errors["event_types"] = f"event type names must be strings, got {bad[0]!r}"
+        return bool(names)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        errors["event_types"] = f"lists {', '.join(map(repr, repeated))} more than once"
+    elif registry is not None:
+        unknown = [n for n in names if registry.event_type(n) is None]
+        if unknown:
+            known = ", ".join(registry.event_type_names()) or "none declared"
+            errors["event_types"] = (
+                f"not declared: {', '.join(unknown)} (declared with "
+                f"webhooks.event_type(): {known})"
+            )
+    return bool(names)
 
 
 def _check_headers(errors: dict[str, str], text: str) -> None:
@@ -465,10 +513,16 @@ def _validate(
         if not isinstance(value, bool):
             errors[field] = f"must be True or False, got {value!r}"
 
-    _check_models(errors, webhook.models, registry)
+    has_event_types = _check_event_types(
+        errors, getattr(webhook, "event_types", None), registry
+    )
+    _check_models(errors, webhook.models, registry, optional=has_event_types)
 
-    if "on_create" not in errors and not (
-        webhook.on_create or webhook.on_update or webhook.on_delete
+    models = webhook.models
+    if (
+        "on_create" not in errors
+        and not (has_event_types and not models)
+        and not (webhook.on_create or webhook.on_update or webhook.on_delete)
     ):
         errors["on_create"] = (
             "choose at least one event (on_create, on_update, on_delete)"

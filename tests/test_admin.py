@@ -288,7 +288,7 @@ def test_every_page_renders(
     status = by_id(browser.page("/admin/webhooks/status/"))
     assert status["wh-backend"] == "immediate"
     assert status["wh-count-succeeded"].split() == ["succeeded", "1", "1"]
-    # The three screens are grouped in one menu category.
+    # The screens are grouped in one menu category.
     home = browser.page("/admin/")
     menu = re.search(
         r"Webhooks<i [^>]*></i></a>\s*<ul class=\"dropdown-menu\">(.*?)</ul>",
@@ -300,6 +300,7 @@ def test_every_page_renders(
         "/admin/webhooks/",
         "/admin/webhooks/deliveries/",
         "/admin/webhooks/status/",
+        "/admin/webhooks/event-types/",
     ]
 
 

@@ -592,3 +592,39 @@ def test_demo_server_subprocess(tmp_path: Path) -> None:
     assert f"{base}/receiver/" in output
     assert "curl" in output
     assert output.rstrip().endswith("stopped")
+
+
+def test_retiring_a_site_publishes_site_decommissioned(live: LiveApp) -> None:
+    created = live.api("POST", "/sites", json={"name": "Oslo 1"})
+    site_id = created.json()["id"]
+    live.api("POST", "/devices", json={"name": "sw1", "site_id": site_id})
+    retired = live.api("PATCH", f"/sites/{site_id}", json={"status": "retired"})
+    assert retired.status_code == 200, retired.text
+    # Already retired: no second business event.
+    live.api("PATCH", f"/sites/{site_id}", json={"description": "closed"})
+
+    entries = live.received()[::-1]  # oldest first
+    events = [(e["event"], e["model"], e["object_id"]) for e in entries]
+    assert events.count(("site.decommissioned", "site", str(site_id))) == 1
+    assert events.index(("updated", "site", str(site_id))) < events.index(
+        ("site.decommissioned", "site", str(site_id))
+    )
+    (entry,) = [e for e in entries if e["event"] == "site.decommissioned"]
+    assert entry["verified"] is True
+    payload = json.loads(entry["body"])
+    assert payload["data"] == {
+        "id": site_id,
+        "name": "Oslo 1",
+        "slug": "oslo-1",
+        "tenant": None,
+        "devices": ["sw1"],
+    }
+    assert payload["snapshots"] is None
+
+    with live.app.app_context():
+        hook = db.session.scalar(
+            sa.select(webhooks.Webhook).where(webhooks.Webhook.name == DEMO_WEBHOOK)
+        )
+        assert hook is not None
+        assert hook.event_types == ["site.decommissioned"]
+        db.session.remove()

@@ -69,15 +69,16 @@ def init_admin(
     endpoint: str = "webhooks",
     url: str = "webhooks",
 ) -> None:
-    """Add the Webhooks, Deliveries and Status screens to ``admin``.
+    """Add the Webhooks, Deliveries, Status and Event types screens to ``admin``.
 
     The screens are added under ``<admin url>/<url>/`` (by default
-    ``/admin/webhooks/``, ``/admin/webhooks/deliveries/`` and
-    ``/admin/webhooks/status/``) in the menu category ``category``.
+    ``/admin/webhooks/``, ``/admin/webhooks/deliveries/``,
+    ``/admin/webhooks/status/`` and ``/admin/webhooks/event-types/``) in the
+    menu category ``category``.
 
     :param webhooks: the :class:`~flask_webhooks.Webhooks` extension.
     :param admin: the app's ``flask_admin.Admin`` (Bootstrap 4 theme).
-    :param category: the menu category the three screens are grouped under.
+    :param category: the menu category the screens are grouped under.
     :param is_accessible: ``() -> bool``, called on every request to the
         screens. When it returns False the screens answer 403, or redirect to
         the login page when Flask-Login is set up with a ``login_view`` and
@@ -93,6 +94,7 @@ def init_admin(
     # (an optional extra); only adding the screens needs it.
     try:
         from .deliveries import DeliveryView
+        from .events import EventTypeView
         from .status import StatusView
         from .webhooks import WebhookView
     except ModuleNotFoundError as e:
@@ -139,5 +141,14 @@ def init_admin(
             category=category,
             endpoint=options.endpoint("status"),
             url=f"{url}/status",
+        )
+    )
+    admin.add_view(
+        EventTypeView(
+            options=options,
+            name="Event types",
+            category=category,
+            endpoint=options.endpoint("event_types"),
+            url=f"{url}/event-types",
         )
     )

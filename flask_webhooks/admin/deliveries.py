@@ -155,6 +155,12 @@ def _code_cell(view: t.Any, context: t.Any, d: t.Any, name: str) -> Markup:
     return Markup('<span class="text-{} font-weight-bold">{}</span>').format(kind, code)
 
 
+def _model_cell(view: t.Any, context: t.Any, d: t.Any, name: str) -> Markup | str:
+    if not d.model:  # an app event about no model instance
+        return Markup('<span class="text-muted">&mdash;</span>')
+    return str(d.model)
+
+
 class DeliveryView(AdminViewMixin, ModelView):
     """The delivery log: newest first, filters, detail page, retry and cancel."""
 
@@ -205,6 +211,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "created_at": _created_cell,
         "next_attempt_at": _next_cell,
         "last_status_code": _code_cell,
+        "model": _model_cell,
     }
 
     def __init__(
@@ -220,11 +227,7 @@ class DeliveryView(AdminViewMixin, ModelView):
                 D.webhook_id, "Webhook", options=self._webhook_choices
             ),
             sqla_filters.FilterEqual(D.model, "Model", options=self._model_choices),
-            sqla_filters.FilterEqual(
-                D.event,
-                "Event",
-                options=[(e, e) for e in (*m.EVENTS, "test")],
-            ),
+            sqla_filters.FilterEqual(D.event, "Event", options=self._event_choices),
             _WithinFilter(D.created_at, "Created"),
             _AfterFilter(D.created_at, "Created"),
             _BeforeFilter(D.created_at, "Created"),
@@ -243,6 +246,11 @@ class DeliveryView(AdminViewMixin, ModelView):
 
     def _model_choices(self) -> list[tuple[str, str]]:
         return [(n, n) for n in self.options.webhooks.registry.names()]
+
+    def _event_choices(self) -> list[tuple[str, str]]:
+        """Model events, test deliveries, then the declared app event types."""
+        names = self.options.webhooks.registry.event_type_names()
+        return [(e, e) for e in (*m.EVENTS, "test", *names)]
 
     # -- list ------------------------------------------------------------------
 

@@ -89,6 +89,15 @@ class WebhookForm(SecureForm):
         widget=Select2Widget(multiple=True),
         description="Changes to these registered models fire the webhook.",
     )
+    event_types = SelectMultipleField(
+        "App event types",
+        choices=[],
+        widget=Select2Widget(multiple=True),
+        description=(
+            "Events the app publishes (<code>webhooks.publish()</code>) that "
+            "fire the webhook, with or without models."
+        ),
+    )
     on_create = BooleanField("Created")
     on_update = BooleanField("Updated")
     on_delete = BooleanField("Deleted")
@@ -150,12 +159,23 @@ class WebhookForm(SecureForm):
     )
 
 
-def prepare_form(form: t.Any, hook: t.Any, names: list[str]) -> None:
-    """Per-request choices: registered model names (plus any unknown ones the
-    webhook already has, so validation can name them) and a custom content type."""
+def prepare_form(
+    form: t.Any,
+    hook: t.Any,
+    names: list[str],
+    event_types: t.Sequence[tuple[str, str]] = (),
+) -> None:
+    """Per-request choices: registered model names and declared event types
+    ``(name, description)`` (plus any unknown ones the webhook already has,
+    so validation can name them) and a custom content type."""
     current = list(hook.models or []) if hook is not None else []
     extra = [n for n in current if n not in names]
     form.models.choices = [_choice(n) for n in names + extra]
+    declared = [n for n, _ in event_types]
+    chosen = list(hook.event_types or []) if hook is not None else []
+    form.event_types.choices = [
+        _choice(n, f"{n} \u2014 {d}" if d else n) for n, d in event_types
+    ] + [_choice(str(n)) for n in chosen if n not in declared]
     content_type = hook.http_content_type if hook is not None else None
     if content_type and content_type not in CONTENT_TYPES:
         form.http_content_type.choices = [
@@ -171,6 +191,7 @@ def apply_form(form: t.Any, hook: t.Any) -> None:
     hook.name = (form.name.data or "").strip()
     hook.enabled = bool(form.enabled.data)
     hook.models = list(form.models.data or [])
+    hook.event_types = list(form.event_types.data or [])
     hook.on_create = bool(form.on_create.data)
     hook.on_update = bool(form.on_update.data)
     hook.on_delete = bool(form.on_delete.data)

@@ -121,6 +121,20 @@ class ModelFilter(sqla_filters.BaseSQLAFilter):
         return "includes"
 
 
+class EventTypeFilter(ModelFilter):
+    """Webhooks subscribed to a declared app event type."""
+
+    def __init__(self, column: t.Any, options: ViewOptions) -> None:
+        sqla_filters.BaseSQLAFilter.__init__(
+            self,
+            column,
+            "App event type",
+            options=lambda: [
+                (n, n) for n in options.webhooks.registry.event_type_names()
+            ],
+        )
+
+
 def _model_choices(options: ViewOptions) -> list[tuple[str, str]]:
     return [(n, n) for n in options.webhooks.registry.names()]
 
@@ -141,6 +155,7 @@ class WebhookView(AdminViewMixin, ModelView):
         "name",
         "models",
         "events",
+        "event_types",
         "payload_url",
         "enabled",
         "health",
@@ -151,6 +166,7 @@ class WebhookView(AdminViewMixin, ModelView):
         "health": "Health",
         "secret": "Signature",
         "events": "Events",
+        "event_types": "App events",
     }
     column_sortable_list = ("name", "payload_url", "enabled")
     column_default_sort = ("name", False)
@@ -159,6 +175,7 @@ class WebhookView(AdminViewMixin, ModelView):
         "name": _name_cell,
         "models": _formatter(lambda h: badges(h.models or [], "info")),
         "events": _formatter(lambda h: badges(h.events, "light")),
+        "event_types": _formatter(lambda h: badges(h.event_types or [], "primary")),
         "payload_url": _formatter(_url_cell),
         "enabled": _formatter(_enabled_cell),
         "health": _formatter(_health_cell),
@@ -178,6 +195,7 @@ class WebhookView(AdminViewMixin, ModelView):
                 options=[(s, s) for s in m.STATUSES],
             ),
             ModelFilter(W.models, options),
+            EventTypeFilter(W.event_types, options),
             sqla_filters.FilterLike(W.name, "Name"),
             sqla_filters.FilterLike(W.payload_url, "URL"),
             sqla_filters.IntGreaterFilter(W.consecutive_failures, "Failures in a row"),
@@ -196,13 +214,18 @@ class WebhookView(AdminViewMixin, ModelView):
 
     def create_form(self, obj: t.Any = None) -> t.Any:
         form = super().create_form(obj)
-        prepare_form(form, None, self.options.webhooks.registry.names())
+        prepare_form(form, None, self.options.webhooks.registry.names(), self._types())
         return form
 
     def edit_form(self, obj: t.Any = None) -> t.Any:
         form = super().edit_form(obj)
-        prepare_form(form, obj, self.options.webhooks.registry.names())
+        prepare_form(form, obj, self.options.webhooks.registry.names(), self._types())
         return form
+
+    def _types(self) -> list[tuple[str, str]]:
+        """Declared app event types: ``(name, description)``."""
+        registry = self.options.webhooks.registry
+        return [(e.name, e.description) for e in registry.event_types()]
 
     def create_model(self, form: t.Any) -> t.Any:
         hook = self.model()

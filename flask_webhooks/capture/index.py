@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 #: Plain webhooks that fan-out delivery ids can number (see :mod:`.outbox`).
 MAX_FANOUT_HOOKS = 0x1000
 
+#: The "model" under which :class:`Index` files webhooks by app event type:
+#: ``(APP_EVENTS, "invoice.paid")``. No registered model has this name.
+APP_EVENTS = ""
+
 _EVENT_FLAGS = (
     (m.CREATED, "on_create"),
     (m.UPDATED, "on_update"),
@@ -77,8 +81,9 @@ class Hook:
         )
         self.plain = self.default_body and self.conditions is None
 
-    def matches(self, data: t.Any, snapshots: t.Mapping[str, t.Any]) -> bool:
-        """Whether the condition set (if any) accepts this event.
+    def matches(self, data: t.Any, snapshots: t.Mapping[str, t.Any] | None) -> bool:
+        """Whether the condition set (if any) accepts this event (app events
+        have no ``snapshots``: conditions on them do not match).
 
         :raises ConditionTimeout: a ``regex`` condition ran out of time; the
             outbox records a failed delivery with the message.
@@ -96,12 +101,15 @@ class Hook:
 
 @dataclass(eq=False)
 class Index:
-    """Enabled webhooks by (model name, event)."""
+    """Enabled webhooks by (model name, event), and by app event type under
+    ``(APP_EVENTS, name)``."""
 
     signature: tuple[t.Any, ...] = ()
     hooks: dict[tuple[str, str], list[Hook]] = field(default_factory=dict)
     #: model names at least one enabled webhook listens to, for any event.
     models: frozenset[str] = frozenset()
+    #: app event types at least one enabled webhook subscribes to.
+    event_types: frozenset[str] = frozenset()
 
     #: Few enough plain webhooks to number them in fan-out delivery ids.
     fanout_ok: bool = True
@@ -160,8 +168,11 @@ class Index:
                 for event_name, flag in _EVENT_FLAGS:
                     if getattr(row, flag):
                         hooks.setdefault((model, event_name), []).append(hook)
-        models = frozenset(model for model, _ in hooks)
-        index = cls(signature, hooks, models)
+            for name in dict.fromkeys(row.event_types or ()):
+                hooks.setdefault((APP_EVENTS, name), []).append(hook)
+        models = frozenset(model for model, _ in hooks if model != APP_EVENTS)
+        event_types = frozenset(name for model, name in hooks if model == APP_EVENTS)
+        index = cls(signature, hooks, models, event_types)
         plain = {id(h) for found in hooks.values() for h in found if h.plain}
         index.fanout_ok = len(plain) <= MAX_FANOUT_HOOKS
         return index

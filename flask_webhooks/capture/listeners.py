@@ -16,6 +16,10 @@ How a transaction flows through here:
    per webhook in SQL), in the user's transaction (transactional outbox).
 4. ``after_commit``: hand the new delivery ids to the queue.
 
+:func:`journal_app_event` (``Webhooks.publish``) appends app events to the
+same journal, so they follow the same savepoints, rollbacks and commit, and
+keep their place among the model changes.
+
 Nothing here may break the user's commit: errors are logged, or recorded on
 the delivery rows as ``failed``.
 """
@@ -43,6 +47,7 @@ from sqlalchemy.orm.state import InstanceState
 from .. import models as m
 from ..sanitize import scrub
 from ..state import lookup_state
+from .journal import AppEntry
 from .journal import Entry
 from .outbox import build_chunks
 from .outbox import failed_rows
@@ -64,7 +69,7 @@ class _Transaction:
 
     state: WebhooksState
     index: Index
-    journal: list[Entry] = field(default_factory=list)
+    journal: list[Entry | AppEntry] = field(default_factory=list)
     marks: dict[SessionTransaction, int] = field(default_factory=dict)
     deleted: set[InstanceState[t.Any]] = field(default_factory=set)
     to_enqueue: list[str] = field(default_factory=list)
@@ -188,7 +193,7 @@ def _after_rollback(session: Session) -> None:
 
 def _truncate(tx: _Transaction, mark: int) -> None:
     for entry in tx.journal[mark:]:
-        if entry.op == m.DELETED:
+        if isinstance(entry, Entry) and entry.op == m.DELETED:
             tx.deleted.discard(entry.insp)
     del tx.journal[mark:]
 
@@ -334,7 +339,7 @@ def _after_flush_postexec(session: Session, flush_context: t.Any) -> None:
     if tx is None:
         return
     for entry in reversed(tx.journal):
-        if not entry.dump_later:
+        if not isinstance(entry, Entry) or not entry.dump_later:
             break
         entry.dump_later = False
         _dump_into(entry)
@@ -426,6 +431,27 @@ def _warn_bulk_insert(reg: Registration) -> None:
 
 class BulkStatementWarning(UserWarning):
     """A bulk ``insert()`` touched a registered model: it produces no events."""
+
+
+# -- app events --------------------------------------------------------------
+
+
+def journal_app_event(session: Session, entry: AppEntry) -> bool:
+    """Add a published app event to the journal of ``session``'s transaction.
+
+    Returns False, doing nothing more, when capture is off for this session
+    or no enabled webhook subscribes to the event type (the check is the
+    transaction's webhook index: at most one small query per transaction).
+    """
+    tx: _Transaction | None = session.info.get(_INFO_KEY)
+    if tx is None:
+        tx = _tx(session)
+        if tx is None:
+            return False
+    if entry.name not in tx.index.event_types:
+        return False
+    tx.journal.append(entry)
+    return True
 
 
 # -- committing --------------------------------------------------------------

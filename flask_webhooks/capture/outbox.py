@@ -3,8 +3,9 @@
 :func:`build_chunks` turns a transaction's journal (see :mod:`.capture`) into
 deliveries, a chunk of events at a time: one row per event x matching
 webhook, or one staged row per event for the webhooks that take its default
-body without conditions (copied per webhook in SQL). Writing them is
-:mod:`.outbox_writer`'s job.
+body without conditions (copied per webhook in SQL). Published app events
+(:class:`.journal.AppEntry`) go the same way, in their place in the journal.
+Writing them is :mod:`.writer`'s job.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import typing as t
 import uuid
 from dataclasses import dataclass
 
+import sqlalchemy as sa
+
 from .. import models as m
 from ..conditions import ConditionTimeout
 from ..payload import comparable
@@ -26,6 +29,8 @@ from ..sanitize import scrub
 from ..sanitize import scrub_optional
 from ..templating import DEFAULT_LIMITS
 from ..templating import TemplateLimits
+from .index import APP_EVENTS
+from .journal import AppEntry
 
 if t.TYPE_CHECKING:
     from sqlalchemy.orm.state import InstanceState
@@ -120,10 +125,15 @@ class _Final:
     collection_changed: bool
 
 
-def _coalesce(journal: list[Entry]) -> list[_Final]:
-    """One event per object: its net effect over the transaction."""
-    finals: dict[InstanceState[t.Any], _Final] = {}
+def _coalesce(journal: list[Entry | AppEntry]) -> list[_Final | AppEntry]:
+    """One event per object: its net effect over the transaction, in the
+    place of the object's first change. App events are never coalesced."""
+    # Keyed by object state, or by the entry itself for app events.
+    finals: dict[t.Any, t.Any] = {}
     for e in journal:
+        if isinstance(e, AppEntry):
+            finals[e] = e
+            continue
         f = finals.get(e.insp)
         if f is None:
             finals[e.insp] = _Final(e.op, e, e.pre, e.collection_changed)
@@ -140,7 +150,7 @@ def _coalesce(journal: list[Entry]) -> list[_Final]:
         else:  # created again after a delete in the same transaction
             f.op = m.UPDATED if f.op == m.DELETED else m.CREATED
             f.entry = e
-    return [f for f in finals.values() if f.op is not None]
+    return [f for f in finals.values() if isinstance(f, AppEntry) or f.op is not None]
 
 
 def _object_id(state: InstanceState[t.Any]) -> str:
@@ -178,7 +188,7 @@ class Chunk:
 
 
 def build_chunks(
-    journal: list[Entry],
+    journal: list[Entry | AppEntry],
     index: Index,
     *,
     request_id: str,
@@ -189,8 +199,9 @@ def build_chunks(
     """The deliveries of a committing transaction, :data:`CHUNK_EVENTS`
     events at a time.
 
-    Coalesces the journal into one event per object, serializes each object
-    once (deletes were serialized while their row existed), matches the
+    Coalesces the journal into one event per object (app events stay one
+    event per publish), serializes each object once (deletes were serialized
+    while their row existed), matches the
     enabled webhooks (events, then conditions) and renders each body; the
     default JSON body is encoded once per event and shared. A schema or
     template error gives a ``failed`` row carrying the message.
@@ -207,17 +218,12 @@ def build_chunks(
     size = chunk_events or CHUNK_EVENTS
     for start in range(0, len(finals), size):
         chunk = Chunk([], [], {}, now)
+        context = (index, timestamp, request_id, username, db_username, fanout)
         for final in finals[start : start + size]:
-            _build_event(
-                chunk,
-                final,
-                index,
-                timestamp,
-                request_id,
-                username,
-                db_username,
-                fanout,
-            )
+            if isinstance(final, AppEntry):
+                _build_app_event(chunk, final, *context)
+            else:
+                _build_event(chunk, final, *context)
         yield chunk
 
 
@@ -259,13 +265,10 @@ def _build_event(
                 reg.name,
             )
             data, error = None, f"serialization failed: {type(e).__name__}: {e}"
-    now = chunk.now
-    add = chunk.rows.append
     # What every delivery row of this event shares.
     shared = (event, reg.name, _object_id(entry.insp), request_id, db_username)
     if error is not None:
-        for hook in index.matching(reg.name, event):
-            add(_row(shared, hook, m.FAILED, now, error=error))
+        _fail(chunk, index.matching(reg.name, event), shared, error)
         return
     payload = envelope(
         event=event,
@@ -277,11 +280,100 @@ def _build_event(
         prechange=prechange,
         postchange=postchange,
     )
+    _emit(chunk, plain, others, shared, payload, fanout and index.fanout_ok)
+
+
+def _build_app_event(
+    chunk: Chunk,
+    entry: AppEntry,
+    index: Index,
+    timestamp: str,
+    request_id: str,
+    username: str | None,
+    db_username: str | None,
+    fanout: bool,
+) -> None:
+    """The deliveries of one published app event: the NetBox envelope with
+    the event type's name, ``model`` null (or the registered name of the
+    published instance) and ``snapshots`` null."""
+    name = entry.name
+    plain, others = index.split(APP_EVENTS, name)
+    if not (plain or others):
+        return
+    reg = entry.reg
+    model = reg.name if reg is not None else None
+    object_id = entry.object_id
+    if object_id is None:
+        object_id = "" if reg is None else _instance_id(entry.data)
+    shared = (name, model or "", scrub(object_id)[:255], request_id, db_username)
+    schema = entry.event_type.schema
+    try:
+        if schema is not None:
+            data = schema.dump(entry.data)
+        elif reg is not None:
+            data = reg.dump(entry.data)
+        else:
+            data = entry.data
+        dumps(data)  # fails here, not halfway through the rows, if not JSON-safe
+    except Exception as e:
+        logger.exception(
+            "flask-webhooks: the data of app event %r failed to serialize", name
+        )
+        error = f"serialization failed: {type(e).__name__}: {e}"
+        _fail(chunk, index.matching(APP_EVENTS, name), shared, error)
+        return
+    payload = envelope(
+        event=name,
+        timestamp=timestamp,
+        model=model,
+        username=username,
+        request_id=request_id,
+        data=data,
+        prechange=None,
+        postchange=None,
+    )
+    payload["snapshots"] = None
+    _emit(chunk, plain, others, shared, payload, fanout and index.fanout_ok)
+
+
+def _instance_id(obj: t.Any) -> str:
+    """The primary key of a registered model's instance ("" if it has none)."""
+    state = sa.inspect(obj)
+    key = state.key
+    if key is None:
+        key = state.mapper.identity_key_from_instance(obj)
+    values = key[1]
+    if any(v is None for v in values):
+        return ""
+    return ",".join(str(v) for v in values)
+
+
+_Shared = tuple[str, str, str, str | None, str | None]
+
+
+def _fail(chunk: Chunk, hooks: t.Iterable[Hook], shared: _Shared, error: str) -> None:
+    for hook in hooks:
+        chunk.rows.append(_row(shared, hook, m.FAILED, chunk.now, error=error))
+
+
+def _emit(
+    chunk: Chunk,
+    plain: tuple[Hook, ...],
+    others: list[Hook],
+    shared: _Shared,
+    payload: dict[str, t.Any],
+    fanout: bool,
+) -> None:
+    """The rows of one event: staged or plain rows for the webhooks that take
+    the default body unconditionally, then conditions and templates."""
+    now = chunk.now
+    add = chunk.rows.append
+    data = payload["data"]
     default_json: bytes | None = None
     if plain:
         # Fan-out: one JSON encoding per event, shared by every webhook.
         default_json = dumps(payload).encode("utf-8")
-        if fanout and len(plain) >= FANOUT_MIN_HOOKS and index.fanout_ok:
+        if fanout and len(plain) >= FANOUT_MIN_HOOKS:
             groups = chunk.groups
             grp = groups.get(plain)
             if grp is None:
@@ -323,7 +415,7 @@ def _build_event(
 
 
 def _row(
-    shared: tuple[str, str, str, str | None, str | None],
+    shared: _Shared,
     hook: Hook,
     status: str,
     now: dt.datetime,
@@ -356,7 +448,7 @@ def _row(
 
 
 def failed_rows(
-    journal: list[Entry],
+    journal: list[Entry | AppEntry],
     index: Index,
     error: str,
     *,
@@ -371,14 +463,18 @@ def failed_rows(
     name = scrub(username)[:255] if username else None
     rows = []
     for final in _coalesce(journal):
-        reg = final.entry.reg
-        event = t.cast(str, final.op)
-        try:
-            object_id = _object_id(final.entry.insp)
-        except Exception:
-            object_id = ""
-        shared = (event, reg.name, object_id, request_id, name)
-        for hook in index.matching(reg.name, event):
+        if isinstance(final, AppEntry):
+            event, model, key = final.name, APP_EVENTS, APP_EVENTS
+            object_id = scrub(final.object_id or "")[:255]
+        else:
+            event, model = t.cast(str, final.op), final.entry.reg.name
+            key = model
+            try:
+                object_id = _object_id(final.entry.insp)
+            except Exception:
+                object_id = ""
+        shared = (event, model, object_id, request_id, name)
+        for hook in index.matching(key, event):
             rows.append(_row(shared, hook, m.FAILED, now, error=error))
     return rows
 

@@ -105,7 +105,7 @@ def deliveries_command(
                     _when(d.created_at),
                     d.webhook_name,
                     d.event,
-                    f"{d.model}:{d.object_id}" if d.object_id else d.model,
+                    ":".join(p for p in (d.model, d.object_id) if p) or "-",
                     d.status
                     + (
                         f" (next {_when(d.next_attempt_at)})"

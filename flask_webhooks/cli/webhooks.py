@@ -69,6 +69,7 @@ def list_command(as_json: bool) -> None:
                         "enabled": h.enabled,
                         "models": list(h.models or []),
                         "events": h.events,
+                        "event_types": list(h.event_types or []),
                         "payload_url": shown_url(h.payload_url),
                         "last_delivery_status": h.last_delivery_status,
                         "last_delivery_at": h.last_delivery_at.isoformat()
@@ -98,18 +99,15 @@ def list_command(as_json: bool) -> None:
             "yes" if h.enabled else "no",
             ",".join(h.models or []) or "-",
             ",".join(e[0] for e in h.events) or "-",
+            ",".join(h.event_types or []) or "-",
             _clip(shown_url(h.payload_url), 50),
             _when(h.last_delivery_at),
             health[h.id],
         )
         for h in hooks
     ]
-    click.echo(
-        _table(
-            ("ID", "NAME", "ENABLED", "MODELS", "EVENTS", "URL", "LAST", "HEALTH"),
-            rows,
-        )
-    )
+    headers = ("ID", "NAME", "ENABLED", "MODELS", "EVENTS", "EVENT TYPES", "URL")
+    click.echo(_table((*headers, "LAST", "HEALTH"), rows))
 
 
 def _create_test_delivery(state: WebhooksState, hook: t.Any) -> str:
