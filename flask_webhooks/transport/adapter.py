@@ -79,6 +79,7 @@ class PolicyAdapter(HTTPAdapter):
     __attrs__ = [*HTTPAdapter.__attrs__, "url_policy"]
 
     def __init__(self, policy: URLPolicy | None = None, **kwargs: t.Any) -> None:
+        #: The policy given, or set by :meth:`use_policy`; None until then.
         self.url_policy = policy
         super().__init__(**kwargs)
 
