@@ -50,6 +50,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(flask\.app\.)?Flask|SQLAlchemy|Session|ma\.Schema|huey_mod\.Huey"),
     (r"py:class", r"marshmallow\.schema\.Schema"),
     (r"py:class", r"jinja2\..*"),
+    (r"py:class", r"requests\..*"),
 ]
 nitpick_ignore = [
     # Internal types named in public signatures and docstrings, not part of
@@ -66,6 +67,10 @@ nitpick_ignore = [
     ("py:class", "flask_webhooks.models.DeliveryAttemptBase"),
     ("py:func", "flask_webhooks.delivery.attempt.build_request"),
     ("py:func", "validate_webhook"),
+    ("py:class", "SessionFactory"),
+    ("py:class", "URLPolicy"),
+    ("py:class", "flask_webhooks.transport.policy.URLPolicy"),
+    ("py:exc", "BlockedAddress"),
 ]
 
 html_theme = "furo"

@@ -38,6 +38,7 @@ from .state import Config
 from .state import DEFAULTS
 from .state import get_state
 from .state import WebhooksState
+from .transport.client import SessionFactory
 from .transport.client import Transport
 from .transport.policy import DEFAULT_DENIED_NETWORKS
 from .transport.policy import URLPolicy
@@ -55,8 +56,11 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _transport_factory(config: Config) -> t.Callable[[], Transport]:
-    """What builds the app's transport: the URL policy from the config."""
+def _transport_factory(
+    config: Config, session_factory: SessionFactory | None
+) -> t.Callable[[], Transport]:
+    """What builds the app's transport: the URL policy and proxies from the
+    config, the app's ``session_factory``."""
 
     def make() -> Transport:
         denied = (
@@ -65,9 +69,24 @@ def _transport_factory(config: Config) -> t.Callable[[], Transport]:
             else DEFAULT_DENIED_NETWORKS
         )
         policy = URLPolicy(allowed=config.allowed_networks, denied=denied)
-        return Transport(policy, max_response_bytes=config.max_response_bytes)
+        return Transport(
+            policy,
+            max_response_bytes=config.max_response_bytes,
+            session_factory=session_factory,
+            proxies=dict(config.proxies),
+            trust_env=config.trust_env,
+        )
 
     return make
+
+
+def _check_session_factory(value: t.Any) -> SessionFactory | None:
+    if value is not None and not callable(value):
+        raise TypeError(
+            "session_factory must be a callable returning a requests.Session, "
+            f"got {type(value).__name__}"
+        )
+    return t.cast("SessionFactory | None", value)
 
 
 class Webhooks:
@@ -83,6 +102,12 @@ class Webhooks:
         metadata gets the extension's tables.
     :param huey: a Huey instance to use instead of one built from
         ``WEBHOOKS_QUEUE_URL``.
+    :param session_factory: ``make_session() -> requests.Session``, called
+        once per worker thread; every delivery of that thread goes through the
+        session it returns (its adapters, ``cert``, ``verify``, ``auth``,
+        headers, hooks and instrumentation apply). The URL policy adapter is
+        mounted on it unless it has its own adapters (see
+        :doc:`/workers`). Default: a plain session with the policy adapter.
     """
 
     def __init__(
@@ -91,15 +116,17 @@ class Webhooks:
         *,
         db: SQLAlchemy | None = None,
         huey: huey_mod.Huey | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> None:
         self.registry = Registry()
         self._db = db
         self._huey = huey
+        self._session_factory = _check_session_factory(session_factory)
         self._models: Models | None = None
         if db is not None:
             self._bind_db(db)
         if app is not None:
-            self.init_app(app, db=db, huey=huey)
+            self.init_app(app, db=db, huey=huey, session_factory=session_factory)
 
     # -- setup ------------------------------------------------------------------
 
@@ -123,6 +150,7 @@ class Webhooks:
         *,
         db: SQLAlchemy | None = None,
         huey: huey_mod.Huey | None = None,
+        session_factory: SessionFactory | None = None,
     ) -> None:
         """Set up ``app``: config defaults, the queue, tasks and listeners.
 
@@ -130,7 +158,9 @@ class Webhooks:
         :param huey: overrides ``WEBHOOKS_QUEUE_URL`` for this app. Its
             serializer is left as it is; a pickling one (Huey's default) is
             logged as a warning, see :doc:`security`.
+        :param session_factory: overrides the constructor's for this app.
         :raises RuntimeError: if ``app`` is already set up with flask-webhooks.
+        :raises TypeError: ``session_factory`` is not callable.
         """
         if "webhooks" in app.extensions:
             raise RuntimeError(
@@ -143,6 +173,9 @@ class Webhooks:
                 "Webhooks needs the Flask-SQLAlchemy instance: Webhooks(app, db=db) "
                 "or webhooks.init_app(app, db=db)"
             )
+        session_factory = _check_session_factory(session_factory)
+        if session_factory is None:
+            session_factory = self._session_factory
         models = self._bind_db(db)
         for key, value in DEFAULTS.items():
             app.config.setdefault(key, value)
@@ -175,7 +208,7 @@ class Webhooks:
             outbox=OutboxWriter(
                 models.Delivery.__table__, models.OutboxEvent.__table__
             ),
-            make_transport=_transport_factory(config),
+            make_transport=_transport_factory(config, session_factory),
         )
         state.enqueue_ids = functools.partial(enqueue, state)
         state.start_workers = functools.partial(start_embedded_workers, state)

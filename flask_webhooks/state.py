@@ -19,6 +19,7 @@ import logging
 import threading
 import typing as t
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from flask import current_app
@@ -75,6 +76,8 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_ADMIN_OPEN": False,
     "WEBHOOKS_REDACT_HEADERS": list(DEFAULT_REDACT_HEADERS),
     "WEBHOOKS_MAX_CLAIMS": 3,
+    "WEBHOOKS_PROXIES": None,
+    "WEBHOOKS_TRUST_ENV": False,
 }
 
 
@@ -106,6 +109,9 @@ class Config:
     redact_headers: tuple[str, ...] = DEFAULT_REDACT_HEADERS
     #: Claims without a recorded result after which a delivery is poison.
     max_claims: int = 3
+    #: ``WEBHOOKS_PROXIES`` as (key, proxy URL) pairs, in the order given.
+    proxies: tuple[tuple[str, str], ...] = ()
+    trust_env: bool = False
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -188,6 +194,8 @@ class Config:
             enqueue_timeout=optional("WEBHOOKS_ENQUEUE_TIMEOUT"),
             redact_headers=redact,
             max_claims=number("WEBHOOKS_MAX_CLAIMS", int, 1),
+            proxies=_proxies(c["WEBHOOKS_PROXIES"]),
+            trust_env=bool(c["WEBHOOKS_TRUST_ENV"]),
         )
 
 
@@ -314,6 +322,59 @@ def get_state(app: Flask | None = None) -> WebhooksState:
             "Webhooks(app, db=db) or webhooks.init_app(app, db=db)"
         )
     return state
+
+
+#: Proxy URL schemes requests can use (socks* need PySocks installed).
+_PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def _hide_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def _proxies(value: t.Any) -> tuple[tuple[str, str], ...]:
+    """Check ``WEBHOOKS_PROXIES`` (a requests ``proxies`` dict)."""
+    if not value:
+        return ()
+    if not isinstance(value, t.Mapping):
+        raise ValueError(
+            "WEBHOOKS_PROXIES must be a dict such as "
+            "{'http': 'http://proxy:3128', 'https': 'http://proxy:3128'}, "
+            f"got {type(value).__name__}"
+        )
+    pairs: list[tuple[str, str]] = []
+    for key, url in value.items():
+        if not isinstance(key, str) or not (
+            key in ("http", "https", "all")
+            or key.startswith(("http://", "https://", "all://"))
+        ):
+            raise ValueError(
+                f"WEBHOOKS_PROXIES: key {key!r} must be 'http', 'https', 'all' "
+                "or 'scheme://host' (requests' proxies keys)"
+            )
+        if not isinstance(url, str):
+            raise ValueError(
+                f"WEBHOOKS_PROXIES[{key!r}] must be a proxy URL string, "
+                f"got {type(url).__name__}"
+            )
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise ValueError(
+                f"WEBHOOKS_PROXIES[{key!r}]: invalid proxy URL: {exc}"
+            ) from None
+        if parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
+            raise ValueError(
+                f"WEBHOOKS_PROXIES[{key!r}]: {_hide_password(url)!r} is not a proxy "
+                "URL: it needs a scheme (" + ", ".join(_PROXY_SCHEMES) + ") and a host"
+            )
+        pairs.append((key, url))
+    return tuple(pairs)
 
 
 def _flask_login_username(app: Flask) -> str | None:

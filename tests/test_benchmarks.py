@@ -25,6 +25,10 @@ CASES = {
         ["--events", "5", "--queue", "sqlite", "--gap", "0.01"],
         {"p50_ms", "p99_ms", "raw_p50_ms", "p50_ratio"},
     ),
+    "transport_cpu": (
+        ["--requests", "20", "--rounds", "1"],
+        {"transport_cpu_us", "session_post_cpu_us", "transport_over_session_post"},
+    ),
     "memory": (
         ["--objects", "200", "--deliveries", "60", "--rounds", "1"],
         {"commit_peak_ratio", "worker_rss_growth"},

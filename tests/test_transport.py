@@ -56,6 +56,12 @@ def fake_resolver(
 @pytest.fixture(autouse=True)
 def connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     """Record every connect; refuse (and fail on) anything not loopback."""
+    return guard_connects(monkeypatch)
+
+
+def guard_connects(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Wrap the policy's socket factory and resolver (see the module docstring);
+    return the list every connect is recorded in."""
     real_open = urlpolicy._open_socket
 
     def guarded(address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
@@ -346,7 +352,11 @@ def test_broken_body_after_2xx_is_not_ok(
         def answer() -> None:
             conn, _ = server.accept()
             with conn:
-                conn.recv(65536)
+                # The whole request (headers, then the 2-byte body): closing
+                # with unread bytes would reset the connection instead.
+                data = b""
+                while not data.endswith(b"\r\n\r\n{}"):
+                    data += conn.recv(65536)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
                 if stall:
                     release.wait(5)
@@ -482,6 +492,7 @@ def test_wire_headers_given_ones_plus_host_framing_and_accept(
         "accept-encoding": "gzip, deflate",
         "x-hook-signature": "ab" * 64,
         "user-agent": dict(lines)["user-agent"],
+        "connection": "keep-alive",
     }
     assert dict(lines)["host"].startswith("127.0.0.1:")
 

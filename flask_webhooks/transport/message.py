@@ -3,10 +3,10 @@
 The pure, connection-free half of :mod:`flask_webhooks.transport`: parsing a
 webhook URL into the request target, building and checking the header block,
 reading a ``Retry-After`` answer and describing a failed exchange (an
-exception from urllib3 or the socket layer) as an ``error_kind`` and a
-message. Nothing here opens a socket, holds state beyond small caches, or
-knows about Flask or the database; :mod:`flask_webhooks.transport` owns the
-connection pools, TLS and timeouts and calls into this module.
+exception from requests, urllib3 or the socket layer) as an ``error_kind``
+and a message. Nothing here opens a socket, holds state beyond small caches,
+or knows about Flask or the database; :mod:`flask_webhooks.transport.client`
+owns the sessions, TLS and timeouts and calls into this module.
 
 :func:`parse_retry_after` is also importable from
 :mod:`flask_webhooks.transport`.
@@ -30,10 +30,10 @@ from dataclasses import field
 from urllib.parse import unquote
 from urllib.parse import urlsplit
 
+import requests.exceptions
 import urllib3.exceptions
 from urllib3.exceptions import ConnectTimeoutError
 from urllib3.exceptions import NewConnectionError
-from urllib3.util import parse_url
 
 from .policy import BlockedAddress
 
@@ -61,21 +61,23 @@ class HTTPRequest:
 
     :param method: HTTP method, e.g. ``"POST"``.
     :param url: absolute ``http://`` or ``https://`` URL.
-    :param headers: request headers, sent as given. The transport adds
-        ``Host`` and ``Content-Length`` (a ``Content-Length`` or
-        ``Transfer-Encoding`` given here is dropped: the body is always sent
-        with its exact length), ``Accept: */*`` and ``Accept-Encoding: gzip,
-        deflate`` unless given (compressed answers are decoded), and
-        ``Authorization: Basic ...`` when the URL carries
-        ``user:password@``. A name or value with CR/LF or leading whitespace
-        is refused (``error_kind`` ``"invalid_url"``).
+    :param headers: request headers, sent as given, over the session's
+        headers (the default session's are requests' ``User-Agent``,
+        ``Accept: */*``, ``Accept-Encoding`` and ``Connection: keep-alive``;
+        compressed answers are decoded). The transport adds ``Host`` and
+        ``Content-Length`` (a ``Content-Length`` or ``Transfer-Encoding``
+        given here is dropped: the body is always sent with its exact
+        length), and ``Authorization: Basic ...`` when the URL carries
+        ``user:password@``. An ``Authorization`` from the URL or from these
+        headers wins over the session's ``auth``. A name or value with CR/LF
+        or leading whitespace is refused (``error_kind`` ``"invalid_url"``).
     :param body: exact body bytes (the signed bytes). An empty body sends
         ``Content-Length: 0``, except for GET and HEAD, which send none.
     :param connect_timeout: seconds to wait for the TCP (and TLS) connection.
     :param read_timeout: seconds to wait for each read from the server.
-    :param verify: True to verify TLS certificates against the default CA
-        bundle (certifi's, when installed), False to skip verification, or
-        the path of a CA bundle file or directory.
+    :param verify: True to verify TLS certificates as the session does (its
+        ``verify``: by default requests' CA bundle, certifi's), False to skip
+        verification, or the path of a CA bundle file or directory.
     :param total_timeout: seconds the whole exchange may take, body included;
         a receiver that trickles its answer (each read within
         ``read_timeout``) is cut off there. None: no overall limit.
@@ -218,15 +220,21 @@ def _find(
 _INVALID = (
     urllib3.exceptions.LocationValueError,
     http.client.InvalidURL,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
 )
 
 
 def _classify(exc: BaseException, request: HTTPRequest) -> tuple[str, str]:
-    """Map an exception from urllib3 or the socket layer to ``(error_kind, message)``.
+    """Map an exception from requests, urllib3 or the socket layer to
+    ``(error_kind, message)``.
 
-    Pools run with ``retries=False``, so urllib3 raises the error it met
-    (possibly wrapped in a :class:`~urllib3.exceptions.ProtocolError`), never
-    a ``MaxRetryError``.
+    requests wraps what urllib3 met (``ConnectionError(MaxRetryError(
+    reason=NewConnectionError(...)))``, ``ReadTimeout(ReadTimeoutError)``);
+    the original is found through the wrappers' ``args``, ``reason`` and
+    ``__cause__``. A failure to reach a proxy keeps its kind and says so.
     """
     blocked = _find(exc, BlockedAddress)
     if blocked is not None:
@@ -234,17 +242,31 @@ def _classify(exc: BaseException, request: HTTPRequest) -> tuple[str, str]:
     invalid = _find(exc, _INVALID)
     if invalid is not None:
         return "invalid_url", f"invalid request: {invalid}"
+    kind, message = _classify_network(exc, request)
+    if _find(exc, urllib3.exceptions.ProxyError):
+        return kind, f"proxy error: {message}"
+    return kind, message
+
+
+def _classify_network(exc: BaseException, request: HTTPRequest) -> tuple[str, str]:
     # NewConnectionError subclasses ConnectTimeoutError; it is no timeout.
     connect_timeout = _find(exc, ConnectTimeoutError)
     if connect_timeout is not None and not isinstance(
         connect_timeout, NewConnectionError
     ):
         return "timeout", f"connect timed out after {request.connect_timeout} s"
-    if _find(exc, (urllib3.exceptions.ReadTimeoutError, TimeoutError)):
+    if _find(
+        exc,
+        (
+            urllib3.exceptions.ReadTimeoutError,
+            requests.exceptions.ReadTimeout,
+            TimeoutError,
+        ),
+    ):
         return "timeout", f"read timed out after {request.read_timeout} s"
     tls = _find(exc, (ssl.SSLError, ssl.CertificateError))
     if tls is None:
-        tls = _find(exc, urllib3.exceptions.SSLError)
+        tls = _find(exc, (urllib3.exceptions.SSLError, requests.exceptions.SSLError))
     if tls is not None:
         detail = getattr(tls, "verify_message", None) or tls
         return "tls", f"TLS error: {detail}"
@@ -266,13 +288,12 @@ def _classify(exc: BaseException, request: HTTPRequest) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class _Target:
-    """Where a URL sends its requests; parsed once per distinct URL."""
+    """What the transport needs to know of a URL; parsed once per distinct URL.
 
-    scheme: str
-    host: str
-    port: int
-    #: The request target: path and query, percent-encoded.
-    path: str
+    requests prepares the URL itself (IDNA host, percent-encoded path);
+    this only refuses what must not be sent and reads the credentials.
+    """
+
     #: ``Basic ...`` credentials from ``user:password@`` in the URL, or None.
     authorization: str | None
 
@@ -292,22 +313,10 @@ def _parse_target(url: str) -> _Target | str:
         return f"invalid URL {url!r}: scheme must be http or https"
     if not parts.hostname:
         return f"invalid URL {url!r}: no host"
-    try:
-        # Lower-cases the host, IDNA-encodes it and percent-encodes what a
-        # path or query may not contain (what requests did, with this very
-        # function).
-        parsed = parse_url(url.lstrip())
-    except urllib3.exceptions.LocationParseError as exc:
-        return f"invalid request: {exc}"
-    host = parsed.host
-    if not host:
-        return f"invalid URL {url!r}: no host"
-    if host.startswith(("*", ".")):
-        return f"invalid request: Invalid URL {url!r}: Invalid host label"
-    scheme = parts.scheme
     authorization = None
     if parts.username is not None and parts.password is not None:
-        # Credentials in the URL become Basic auth, as requests did.
+        # Credentials in the URL become Basic auth (requests' rule, checked
+        # here so a name that is not Latin-1 gets a clear message).
         username, password = unquote(parts.username), unquote(parts.password)
         if username or password:
             try:
@@ -315,67 +324,33 @@ def _parse_target(url: str) -> _Target | str:
             except UnicodeEncodeError:
                 return "invalid URL: the user name or password is not Latin-1 text"
             authorization = "Basic " + base64.b64encode(token).decode("ascii")
-    return _Target(
-        scheme,
-        host,
-        parsed.port or (443 if scheme == "https" else 80),
-        parsed.request_uri,
-        authorization,
-    )
+    return _Target(authorization)
 
 
-_HEADER_NAME = re.compile(r"[^:\s][^:\r\n]*")
-_HEADER_VALUE = re.compile(r"\S[^\r\n]*|")
 #: Framing is the transport's: the body is bytes, its length is known.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
-def _build_headers(
+def _request_headers(
     given: Mapping[str, str], authorization: str | None
-) -> dict[str, str]:
-    """The headers to send: ``given``, checked, plus the transport's defaults.
+) -> tuple[dict[str, str], bool]:
+    """The request's own headers, and whether they carry an ``Authorization``.
 
-    :raises ValueError: a name or value could split the header block (the
-        check and message are requests' ``InvalidHeader``).
+    Framing headers are dropped; ``authorization`` (from the URL) replaces
+    any ``Authorization`` given. Names and values are checked by requests
+    when the request is prepared (``InvalidHeader``).
     """
     headers: dict[str, str] = {}
-    accept = accept_encoding = True
+    own_auth = authorization is not None
     for name, value in given.items():
-        for kind, part, pattern in (
-            ("name", name, _HEADER_NAME),
-            ("value", value, _HEADER_VALUE),
-        ):
-            if not isinstance(part, str) or pattern.fullmatch(part) is None:
-                raise ValueError(
-                    "Invalid leading whitespace, reserved character(s), or return "
-                    f"character(s) in header {kind}: {part!r}"
-                )
-        lower = name.lower()
-        if lower in _FRAMING_HEADERS or (
-            authorization is not None and lower == "authorization"
-        ):
+        lower = name.lower() if isinstance(name, str) else ""
+        if lower in _FRAMING_HEADERS:
             continue
-        if lower == "accept":
-            accept = False
-        elif lower == "accept-encoding":
-            accept_encoding = False
+        if lower == "authorization":
+            if authorization is not None:
+                continue
+            own_auth = True
         headers[name] = value
     if authorization is not None:
         headers["Authorization"] = authorization
-    if accept or accept_encoding:
-        # What requests sent by default. Compressed answers are decoded when
-        # read, so asking for them costs nothing but CPU when a receiver
-        # actually compresses.
-        defaults: dict[str, str] = {}
-        if accept_encoding:
-            defaults["Accept-Encoding"] = "gzip, deflate"
-        if accept:
-            defaults["Accept"] = "*/*"
-        defaults.update(headers)
-        headers = defaults
-    return headers
-
-
-#: Methods sent without ``Content-Length`` when the body is empty (requests'
-#: rule; every other method sends ``Content-Length: 0``).
-_BODYLESS_METHODS = frozenset({"GET", "HEAD"})
+    return headers, own_auth

@@ -347,7 +347,7 @@ class _PolicyHTTPSConnection(HTTPSConnection):
         return _connect_checked(self, self.url_policy)
 
 
-class _PolicyHTTPSConnectionPool(HTTPSConnectionPool):
+class _QuietHTTPSConnectionPool(HTTPSConnectionPool):
     def _validate_conn(self, conn: Any) -> None:
         # Skips urllib3's InsecureRequestWarning: unverified TLS is an explicit
         # per-webhook choice (ssl_verification=False), and a warning on every
@@ -355,6 +355,10 @@ class _PolicyHTTPSConnectionPool(HTTPSConnectionPool):
         HTTPConnectionPool._validate_conn(self, conn)
         if conn.is_closed:
             conn.connect()
+
+
+class _PolicyHTTPSConnectionPool(_QuietHTTPSConnectionPool):
+    pass
 
 
 def _pool_classes(policy: URLPolicy) -> dict[str, type[HTTPConnectionPool]]:
