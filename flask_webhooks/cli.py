@@ -1,7 +1,7 @@
 """``flask webhooks ...`` commands.
 
 ``list``, ``deliveries``, ``ping``, ``retry``, ``sweep``, ``prune``, ``secret``
-and ``worker``. Each exits non-zero on an error, with a message that says what
+and ``worker``; ``preview`` (and ``secret --rotate``) in :mod:`.cli_tools`. Each exits non-zero on an error, with a message that says what
 to do about it.
 """
 
@@ -19,9 +19,12 @@ from flask.cli import AppGroup
 
 from . import models as m
 from .capture.outbox import test_delivery_row
+from .cli_tools import preview_command
+from .cli_tools import rotate_command
 from .delivery.engine import deliver
 from .delivery.recovery import requeue
 from .delivery.recovery import sweep
+from .rotation import DEFAULT_OVERLAP
 from .signing import generate_secret
 from .state import get_state
 from .state import WebhooksState
@@ -29,6 +32,7 @@ from .worker.consumers import run_worker
 from .worker.queue import backend_name
 
 webhooks_cli = AppGroup("webhooks", help="Webhook deliveries, workers and maintenance.")
+webhooks_cli.add_command(preview_command)
 
 
 def _queue_only(state: WebhooksState) -> WebhooksState:
@@ -523,13 +527,34 @@ def prune_command(
 
 
 @webhooks_cli.command("secret")
-def secret_command() -> None:
-    """Print a new Standard Webhooks secret (whsec_...).
+@click.option(
+    "--rotate",
+    "rotate_name",
+    metavar="NAME",
+    help="Rotate webhook NAME's secret to the one read from standard input.",
+)
+@click.option(
+    "--overlap",
+    callback=_duration_option,
+    help="With --rotate: how long the old secret keeps working (default 24h).",
+)
+def secret_command(rotate_name: str | None, overlap: dt.timedelta | None) -> None:
+    """Print a new Standard Webhooks secret (whsec_...), or rotate a webhook's.
 
-    It works for every signature scheme; paste it into the webhook's secret
-    and into the receiver's configuration.
+    A new secret works for every signature scheme; paste it into the
+    webhook's secret and into the receiver's configuration. With --rotate
+    NAME the new secret is read from standard input (a hidden prompt on a
+    terminal) and nothing secret is printed; the old secret keeps working
+    for --overlap (see docs/signatures.rst).
     """
-    click.echo(generate_secret())
+    if rotate_name is None:
+        if overlap is not None:
+            raise click.UsageError("--overlap only works with --rotate")
+        click.echo(generate_secret())
+        return
+    rotate_command(
+        get_state(), rotate_name, DEFAULT_OVERLAP if overlap is None else overlap
+    )
 
 
 @webhooks_cli.command("worker")
