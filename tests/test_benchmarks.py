@@ -25,6 +25,10 @@ CASES = {
         ["--events", "5", "--queue", "sqlite", "--gap", "0.01"],
         {"p50_ms", "p99_ms", "raw_p50_ms", "p50_ratio"},
     ),
+    "admin_pages": (
+        ["--rows", "600", "--rounds", "1"],
+        {"status_24h_ms", "status_7d_ms", "status_24h_ratio", "webhook_list_ms"},
+    ),
     "memory": (
         ["--objects", "200", "--deliveries", "60", "--rounds", "1"],
         {"commit_peak_ratio", "worker_rss_growth"},
