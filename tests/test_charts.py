@@ -166,3 +166,15 @@ def test_window_buckets_and_index() -> None:
     assert window.index("2026-03-02 10:00:00") == 23
     assert window.index(dt.datetime(2026, 3, 1, 11, 0)) == 0
     assert window.index(dt.datetime(2026, 3, 1, 10, 0)) is None
+
+
+def test_coarsen_sums_buckets() -> None:
+    from flask_webhooks.admin.metrics import coarsen
+
+    starts, (ok, failed) = coarsen(hours(12), [list(range(12)), [1] * 12], factor=6)
+    assert starts == [START, START + dt.timedelta(hours=6)]
+    assert ok == [15, 51] and failed == [6, 6]
+    root = parse(
+        sparkline(starts, ok, failed, chart_id="c", step=dt.timedelta(hours=6))
+    )
+    assert "2026-03-02 00:00 to 06:00 UTC: 15 succeeded, 6 failed" in titles(root)

@@ -79,8 +79,11 @@ def _ms(value: float | None) -> str:
     return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.2f} s"
 
 
-def _hour_label(start: dt.datetime) -> str:
-    end = start + dt.timedelta(hours=1)
+_HOUR = dt.timedelta(hours=1)
+
+
+def _hour_label(start: dt.datetime, step: dt.timedelta = _HOUR) -> str:
+    end = start + step
     return f"{start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC"
 
 
@@ -318,9 +321,13 @@ def sparkline(
     label: str = "last 24 hours",
     width: int = 120,
     height: int = 30,
+    step: dt.timedelta = _HOUR,
 ) -> Markup:
     """Succeeded (bars above the baseline) and failed deliveries (bars below
-    it, hatched) per hour: a small chart for a table cell."""
+    it, hatched) per bucket: a small chart for a table cell.
+
+    :param step: the length of a bucket (default one hour).
+    """
     chart_id = _safe_id(chart_id)
     n = len(buckets)
     ok_total, failed_total = sum(succeeded), sum(failed)
@@ -346,7 +353,7 @@ def sparkline(
             continue
         x = slot * i + (slot - bar_w) / 2
         parts.append(
-            f'<g class="wh-spark-bar"><title>{escape(_hour_label(start))}: {ok} succeeded, '
+            f'<g class="wh-spark-bar"><title>{escape(_hour_label(start, step))}: {ok} succeeded, '
             f"{bad} failed</title>"
         )
         if ok:

@@ -159,6 +159,10 @@ def delivery_stats(
     return stats
 
 
+#: Hours per sparkline bar in the rates table of a window longer than 2 days.
+SPARK_HOURS_LONG = 6
+
+
 @dataclass
 class StatusCharts:
     """The status page's pictures and the numbers behind them."""
@@ -168,6 +172,8 @@ class StatusCharts:
     latency: Markup
     timings: metrics.Latency
     rates: list[tuple[metrics.Rate, Markup, Markup]]
+    #: Hours per bar of the rates table's sparklines.
+    spark_hours: int = 1
 
 
 def status_charts(
@@ -186,13 +192,22 @@ def status_charts(
     buckets = window.buckets
     label = "last 24 hours" if hours == 24 else f"last {hours // 24} days"
     rows = []
+    # A table cell has room for about 30 bars: 7 days in 6-hour buckets.
+    factor = SPARK_HOURS_LONG if hours > 48 else 1
     for n, rate in enumerate(rates):
-        ok, failed = counts.outcomes(rate.webhook_id)
+        starts, (ok, failed) = metrics.coarsen(
+            buckets, counts.outcomes(rate.webhook_id), factor=factor
+        )
         rows.append(
             (
                 rate,
                 charts.sparkline(
-                    buckets, ok, failed, chart_id=f"wh-rate-spark-{n}", label=label
+                    starts,
+                    ok,
+                    failed,
+                    chart_id=f"wh-rate-spark-{n}",
+                    label=label,
+                    step=dt.timedelta(hours=factor),
                 ),
                 charts.rate_bar(rate.succeeded, rate.failed, chart_id=f"wh-rate-{n}"),
             )
@@ -210,9 +225,13 @@ def status_charts(
             {"p50": timings.p50, "p95": timings.p95},
             chart_id="wh-chart-latency",
             title=f"Attempt latency per hour, {label} (UTC)",
+            # Drawn in a half-width column: a narrower canvas keeps its text legible.
+            width=560,
+            height=200,
         ),
         timings,
         rows,
+        factor,
     )
 
 

@@ -95,6 +95,7 @@ def webhook_activity(
             series,
             chart_id="wh-chart-webhook",
             title="This webhook's deliveries per hour by status, last 24 hours (UTC)",
+            width=720,
             height=220,
         ),
         {status: sum(values) for status, values in series.items()},
