@@ -44,6 +44,7 @@ nitpick_ignore_regex = [
     # typing aliases and stdlib, as written in signatures and docstrings
     (r"py:.*", r"t\..*"),
     (r"py:.*", r"(collections\.abc|ipaddress|socket|ssl|re|time)\..*"),
+    (r"py:class", r"(dt|datetime)\.(datetime|timedelta)"),
     (r"py:mod", r"(secrets|ipaddress|requests|re|regex)"),
     (r"py:class", r"(dt|datetime)\.(datetime|timedelta)"),
     # third-party classes in signatures

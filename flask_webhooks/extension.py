@@ -8,6 +8,7 @@ factory; the worker stage gets the start of embedded workers.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import typing as t
@@ -18,6 +19,7 @@ from flask import Flask
 from sqlalchemy import event
 
 from . import models as m
+from . import rotation
 from .capture.index import expire_all
 from .capture.index import IndexCache
 from .capture.journal import AppEntry
@@ -417,6 +419,27 @@ class Webhooks:
             return False
         state.enqueue([str(delivery_id)])
         return True
+
+    def rotate_secret(
+        self,
+        webhook_or_id: t.Any,
+        new_secret: str | None = None,
+        overlap: dt.timedelta = rotation.DEFAULT_OVERLAP,
+    ) -> str | None:
+        """Give a webhook a new secret; the old one stays valid for ``overlap``.
+
+        ``standard`` requests carry a signature with each secret meanwhile;
+        ``netbox`` requests stay signed with the old secret until the overlap
+        ends, then switch by themselves. Commits ``db.session``. See
+        :func:`flask_webhooks.rotation.rotate_secret` and
+        ``docs/signatures.rst``.
+
+        :param webhook_or_id: a :attr:`Webhook` or its id.
+        :param new_secret: the new secret; None generates one.
+        :param overlap: how long the old secret keeps working (default 24 h).
+        :returns: the generated secret, or None when ``new_secret`` was given.
+        """
+        return rotation.rotate_secret(self.state, webhook_or_id, new_secret, overlap)
 
     def sweep(self) -> int:
         """Enqueue every delivery that is due and not leased; return the count."""

@@ -126,6 +126,15 @@ class WebhookBase:
     last_delivery_at: Mapped[dt.datetime | None] = mapped_column(
         UTCDateTime, default=None
     )
+    #: The secret being rotated out (write-only, like ``secret``): while
+    #: ``secret_rotated_until`` is in the future, ``netbox`` requests are still
+    #: signed with it and ``standard`` requests carry a signature with each.
+    #: See :func:`flask_webhooks.rotation.rotate_secret`.
+    previous_secret: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    #: When the rotation overlap ends (None: no rotation in progress).
+    secret_rotated_until: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime, default=None
+    )
 
     def __init__(self, **kwargs: t.Any) -> None:
         # Column defaults apply at INSERT; set them now so a new Webhook reads
@@ -168,7 +177,11 @@ class DeliveryBase:
         return (
             sa.Index("ix_webhooks_delivery_due", "status", "next_attempt_at"),
             sa.Index("ix_webhooks_delivery_webhook", "webhook_id", "created_at"),
-            sa.Index("ix_webhooks_delivery_created", "created_at"),
+            # Time-window aggregates (status page charts, per-webhook rates)
+            # read only this index; it also serves plain created_at ranges.
+            sa.Index(
+                "ix_webhooks_delivery_stats", "created_at", "webhook_id", "status"
+            ),
         )
 
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_id)
@@ -237,6 +250,15 @@ class DeliveryAttemptBase:
     """One row per attempt (``webhooks_delivery_attempt``)."""
 
     __tablename__ = "webhooks_delivery_attempt"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[t.Any, ...]:
+        # Latency percentiles over a time window read only this index.
+        return (
+            sa.Index(
+                "ix_webhooks_delivery_attempt_started", "started_at", "duration_ms"
+            ),
+        )
 
     id: Mapped[int] = mapped_column(primary_key=True)
 

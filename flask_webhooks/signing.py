@@ -284,6 +284,7 @@ def signature_headers(
     body: bytes,
     *,
     timestamp: int | None = None,
+    previous_secret: str = "",
 ) -> dict[str, str]:
     """Return the signature headers a sender adds to a request.
 
@@ -297,6 +298,12 @@ def signature_headers(
         message id.
     :param body: The exact request body bytes.
     :param timestamp: Unix time of the attempt; defaults to now.
+    :param previous_secret: The secret being rotated out, while the rotation
+        overlap lasts (empty otherwise). ``X-Hook-Signature`` (one digest, no
+        room for two) is still computed with it, so receivers switch when the
+        overlap ends; ``webhook-signature`` carries a ``v1,`` signature with
+        each secret, the new one first (an old secret that is not a
+        ``whsec_`` secret adds none).
     :raises ValueError: For an unknown scheme, or a secret that is not a
         Standard Webhooks secret when one is needed.
     """
@@ -308,7 +315,11 @@ def signature_headers(
         return {}
     headers: dict[str, str] = {}
     if scheme in ("netbox", "both"):
-        headers[SIGNATURE_HEADER] = sign(secret, body)
+        headers[SIGNATURE_HEADER] = sign(previous_secret or secret, body)
     if scheme in ("standard", "both"):
-        headers.update(standard_headers(secret, delivery_id, body, timestamp=timestamp))
+        ts = int(time.time()) if timestamp is None else timestamp
+        headers.update(standard_headers(secret, delivery_id, body, timestamp=ts))
+        if previous_secret and is_standard_secret(previous_secret):
+            old = sign_standard(previous_secret, delivery_id, ts, body)
+            headers[STANDARD_SIGNATURE_HEADER] += " " + old
     return headers

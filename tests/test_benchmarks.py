@@ -29,6 +29,10 @@ CASES = {
         ["--requests", "20", "--rounds", "1"],
         {"transport_cpu_us", "session_post_cpu_us", "transport_over_session_post"},
     ),
+    "admin_pages": (
+        ["--rows", "600", "--rounds", "1"],
+        {"status_24h_ms", "status_7d_ms", "status_24h_ratio", "webhook_list_ms"},
+    ),
     "memory": (
         ["--objects", "200", "--deliveries", "60", "--rounds", "1"],
         {"commit_peak_ratio", "worker_rss_growth"},

@@ -9,15 +9,19 @@ from dataclasses import dataclass
 from dataclasses import field
 
 import sqlalchemy as sa
+from flask import request
 from flask_admin import BaseView
 from flask_admin import expose
 from flask_admin.form import SecureForm
+from markupsafe import Markup
 
 from .. import models as m
 from ..delivery.recovery import due_condition
 from ..worker import sweeper
 from ..worker.queue import backend_name
 from ..worker.queue import redact_url
+from . import charts
+from . import metrics
 from .base import AdminViewMixin
 from .base import ViewOptions
 
@@ -155,6 +159,82 @@ def delivery_stats(
     return stats
 
 
+#: Hours per sparkline bar in the rates table of a window longer than 2 days.
+SPARK_HOURS_LONG = 6
+
+
+@dataclass
+class StatusCharts:
+    """The status page's pictures and the numbers behind them."""
+
+    window: metrics.Window
+    deliveries: Markup
+    latency: Markup
+    timings: metrics.Latency
+    rates: list[tuple[metrics.Rate, Markup, Markup]]
+    #: Hours per bar of the rates table's sparklines.
+    spark_hours: int = 1
+
+
+def status_charts(
+    state: WebhooksState, hours: int, now: dt.datetime | None = None
+) -> StatusCharts:
+    """Deliveries per hour by status, attempt latency and per-webhook success
+    rates over the last ``hours`` hours (three aggregate queries)."""
+    window = metrics.Window.last(hours, now)
+    models = state.models
+    with state.engine().connect() as conn:
+        counts = metrics.delivery_counts(conn, models.Delivery.__table__, window)
+        timings = metrics.attempt_latency(
+            conn, models.DeliveryAttempt.__table__, window
+        )
+        rates = metrics.success_rates(conn, models.Webhook.__table__, counts)
+    buckets = window.buckets
+    label = "last 24 hours" if hours == 24 else f"last {hours // 24} days"
+    rows = []
+    # A table cell has room for about 30 bars: 7 days in 6-hour buckets.
+    factor = SPARK_HOURS_LONG if hours > 48 else 1
+    for n, rate in enumerate(rates):
+        starts, (ok, failed) = metrics.coarsen(
+            buckets, counts.outcomes(rate.webhook_id), factor=factor
+        )
+        rows.append(
+            (
+                rate,
+                charts.sparkline(
+                    starts,
+                    ok,
+                    failed,
+                    chart_id=f"wh-rate-spark-{n}",
+                    label=label,
+                    step=dt.timedelta(hours=factor),
+                ),
+                charts.rate_bar(rate.succeeded, rate.failed, chart_id=f"wh-rate-{n}"),
+            )
+        )
+    return StatusCharts(
+        window,
+        charts.stacked_bars(
+            buckets,
+            counts.by_status(),
+            chart_id="wh-chart-deliveries",
+            title=f"Deliveries per hour by status, {label} (UTC)",
+        ),
+        charts.line_chart(
+            buckets,
+            {"p50": timings.p50, "p95": timings.p95},
+            chart_id="wh-chart-latency",
+            title=f"Attempt latency per hour, {label} (UTC)",
+            # Drawn in a half-width column: a narrower canvas keeps its text legible.
+            width=560,
+            height=200,
+        ),
+        timings,
+        rows,
+        factor,
+    )
+
+
 class StatusView(AdminViewMixin, BaseView):
     """Queue backend and counts, workers, deliveries by status, disabled webhooks."""
 
@@ -175,8 +255,14 @@ class StatusView(AdminViewMixin, BaseView):
         )
         stats = delivery_stats(state)
         now = m.utcnow()
+        span = request.args.get("window", "24h")
+        if span not in metrics.WINDOWS:
+            span = "24h"
         return self.render(
             "webhooks/admin/status.html",
+            charts=status_charts(state, metrics.WINDOWS[span], now),
+            span=span,
+            spans=metrics.WINDOWS,
             queue=queue_info(state),
             workers=worker_info(state),
             stats=stats,

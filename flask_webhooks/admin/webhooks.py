@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from flask import flash
 from flask import jsonify
 from flask import redirect
+from flask import request
 from flask_admin import expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import filters as sqla_filters
@@ -42,6 +43,13 @@ from .forms import attach_errors
 from .forms import clear_disabled
 from .forms import prepare_form
 from .forms import WebhookForm
+from .webhook_tools import list_sparkline
+from .webhook_tools import newest_deliveries
+from .webhook_tools import preview_response
+from .webhook_tools import rotate_from_form
+from .webhook_tools import RotateForm
+from .webhook_tools import rotation_state
+from .webhook_tools import webhook_activity
 
 
 def _formatter(
@@ -99,10 +107,16 @@ def _health_cell(hook: t.Any) -> Markup:
 def _secret_cell(hook: t.Any) -> Markup:
     if not hook.secret:
         return Markup('<span class="text-muted">none</span>')
-    return Markup(
+    cell = Markup(
         '<span class="wh-masked" title="write-only">••••••••</span> '
         '<small class="text-muted">{}</small>'
     ).format(hook.signature_scheme)
+    rotation = rotation_state(hook)
+    if rotation is not None:
+        cell += Markup(
+            '<div class="small text-info wh-rotating">rotating: switches at {} UTC</div>'
+        ).format(f"{rotation['until']:%Y-%m-%d %H:%M}")
+    return cell
 
 
 class ModelFilter(sqla_filters.BaseSQLAFilter):
@@ -159,9 +173,11 @@ class WebhookView(AdminViewMixin, ModelView):
         "payload_url",
         "enabled",
         "health",
+        "activity",
         "secret",
     )
     column_labels = {
+        "activity": "Last 24 h",
         "payload_url": "URL",
         "health": "Health",
         "secret": "Signature",
@@ -180,6 +196,9 @@ class WebhookView(AdminViewMixin, ModelView):
         "enabled": _formatter(_enabled_cell),
         "health": _formatter(_health_cell),
         "secret": _formatter(_secret_cell),
+        "activity": lambda view, context, hook, name: list_sparkline(
+            view.options.state, hook.id
+        ),
     }
 
     def __init__(
@@ -292,6 +311,44 @@ class WebhookView(AdminViewMixin, ModelView):
         response = jsonify(secret=generate_secret())
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    # -- operator tools (see webhook_tools.py) ---------------------------------
+
+    def render(self, template: str, **kwargs: t.Any) -> t.Any:
+        if template in (self.edit_template, self.create_template):
+            state = self.options.state
+            hook = kwargs.get("model")
+            kwargs["preview_models"] = self.options.webhooks.registry.names()
+            if hook is not None and hook.id is not None:
+                kwargs["activity"] = webhook_activity(state, hook.id)
+                kwargs["rotation"] = rotation_state(hook)
+                kwargs["rotate_form"] = RotateForm()
+                kwargs["preview_deliveries"] = newest_deliveries(state, hook.id)
+        return super().render(template, **kwargs)
+
+    @expose("/preview/", methods=("POST",))
+    def preview_view(self) -> t.Any:
+        """The form's Preview button: render what the unsaved form would send
+        for an object or a stored delivery (JSON); nothing is saved or sent."""
+        hook_id = request.args.get("id")
+        hook = self.get_one(hook_id) if hook_id else None
+        form = self.edit_form(hook) if hook is not None else self.create_form()
+        body, status = preview_response(self.options.state, form, hook)
+        response = jsonify(body)
+        response.status_code = status
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @expose("/rotate-secret/", methods=("POST",))
+    def rotate_secret_view(self) -> t.Any:
+        """Rotate the webhook's secret with an overlap (the edit page's form)."""
+        hook = self.get_one(request.args.get("id", ""))
+        if hook is None:
+            flash("No such webhook.", "error")
+            return redirect(self.get_url(".index_view"))
+        ok, message = rotate_from_form(self.options.state, hook)
+        flash(message, "success" if ok else "error")
+        return redirect(self.get_url(".edit_view", id=hook.id))
 
     # -- actions ---------------------------------------------------------------
 

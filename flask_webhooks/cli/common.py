@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sys
 import typing as t
 
@@ -174,3 +175,29 @@ def _progress(length: int, label: str) -> t.Any:
         hidden=not _on_terminal(),
         show_pos=True,
     )
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s`` or ``2w`` as a timedelta."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(
+            f"{text!r} is not a duration; use a number and a unit: "
+            "30d, 12h, 90m, 3600s or 2w"
+        )
+    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _duration_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> dt.timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 
 import click
 import sqlalchemy as sa
@@ -15,6 +14,7 @@ from ..delivery.recovery import sweep
 from ..state import get_state
 from ..wording import plural
 from .common import _clip
+from .common import _duration_option
 from .common import _find_webhook
 from .common import _on_terminal
 from .common import _progress
@@ -223,32 +223,6 @@ def sweep_command() -> None:
     note = _queue_note(state) if count else None
     if note:
         click.echo(note)
-
-
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> dt.timedelta:
-    """``30d``, ``12h``, ``90m``, ``3600s`` or ``2w`` as a timedelta."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(
-            f"{text!r} is not a duration; use a number and a unit: "
-            "30d, 12h, 90m, 3600s or 2w"
-        )
-    return dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-
-
-def _duration_option(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> dt.timedelta | None:
-    if value is None:
-        return None
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), ctx, param) from None
 
 
 @webhooks_cli.command("prune")

@@ -1,9 +1,10 @@
-"""Webhook commands: ``list``, ``ping`` and ``secret``."""
+"""Webhook commands: ``list``, ``ping`` and ``secret`` (with ``--rotate``)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime as dt
 import json
 import typing as t
 
@@ -13,10 +14,12 @@ import sqlalchemy as sa
 from .. import models as m
 from ..capture.outbox import test_delivery_row
 from ..delivery.engine import deliver
+from ..rotation import DEFAULT_OVERLAP
 from ..signing import generate_secret
 from ..state import get_state
 from ..state import WebhooksState
 from .common import _clip
+from .common import _duration_option
 from .common import _failing_attempts
 from .common import _find_webhook
 from .common import _health
@@ -24,6 +27,7 @@ from .common import _queue_only
 from .common import _table
 from .common import _when
 from .common import webhooks_cli
+from .tools import rotate_command
 
 
 @webhooks_cli.command("list")
@@ -199,10 +203,31 @@ def ping_command(webhook: str, retry: bool) -> None:
 
 
 @webhooks_cli.command("secret")
-def secret_command() -> None:
-    """Print a new Standard Webhooks secret (whsec_...).
+@click.option(
+    "--rotate",
+    "rotate_name",
+    metavar="NAME",
+    help="Rotate webhook NAME's secret to the one read from standard input.",
+)
+@click.option(
+    "--overlap",
+    callback=_duration_option,
+    help="With --rotate: how long the old secret keeps working (default 24h).",
+)
+def secret_command(rotate_name: str | None, overlap: dt.timedelta | None) -> None:
+    """Print a new Standard Webhooks secret (whsec_...), or rotate a webhook's.
 
-    It works for every signature scheme; paste it into the webhook's secret
-    and into the receiver's configuration.
+    A new secret works for every signature scheme; paste it into the
+    webhook's secret and into the receiver's configuration. With --rotate
+    NAME the new secret is read from standard input (a hidden prompt on a
+    terminal) and nothing secret is printed; the old secret keeps working
+    for --overlap (see docs/signatures.rst).
     """
-    click.echo(generate_secret())
+    if rotate_name is None:
+        if overlap is not None:
+            raise click.UsageError("--overlap only works with --rotate")
+        click.echo(generate_secret())
+        return
+    rotate_command(
+        get_state(), rotate_name, DEFAULT_OVERLAP if overlap is None else overlap
+    )

@@ -18,6 +18,7 @@ from .. import models as m
 from ..payload import render_headers
 from ..payload import render_url
 from ..payload import template_context
+from ..rotation import signing_secrets
 from ..signing import signature_headers
 from ..transport.message import HTTPRequest
 from ..version import VERSION
@@ -176,13 +177,17 @@ def build_request(
     headers["X-Webhook-ID"] = row.id
     headers["X-Webhook-Attempt"] = str(attempt)
     # Signatures are set last: they win over additional headers.
+    unix = int(time.time()) if timestamp is None else timestamp
+    # During a secret rotation the old secret signs too (see rotation.py).
+    secret, previous = signing_secrets(hook, dt.datetime.fromtimestamp(unix, dt.UTC))
     headers.update(
         signature_headers(
             hook.signature_scheme or "netbox",
-            hook.secret or "",
+            secret,
             row.id,
             body,
-            timestamp=int(time.time()) if timestamp is None else timestamp,
+            timestamp=unix,
+            previous_secret=previous,
         )
     )
     timeout = float(hook.timeout) if hook.timeout else state.config.timeout

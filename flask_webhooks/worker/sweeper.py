@@ -18,6 +18,7 @@ import typing as t
 
 from .. import models as m
 from ..delivery.recovery import sweep
+from ..rotation import forget_expired_secrets
 
 if t.TYPE_CHECKING:
     from ..state import WebhooksState
@@ -82,8 +83,12 @@ class Sweeper:
             )
 
     def run_once(self) -> int:
-        """One periodic sweep; returns how many deliveries it enqueued."""
+        """One periodic sweep; returns how many deliveries it enqueued.
+
+        Also erases old secrets whose rotation overlap has ended.
+        """
         with self.state.app.app_context():
+            forget_expired_secrets(self.state)
             return sweep(
                 self.state,
                 older_than=self.interval,
