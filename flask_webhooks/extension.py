@@ -20,6 +20,7 @@ from .capture.index import expire_all
 from .capture.index import IndexCache
 from .capture.listeners import install_model_listeners
 from .capture.listeners import install_session_listeners
+from .capture.numbering import Numbering
 from .capture.writer import OutboxWriter
 from .cli import webhooks_cli
 from .delivery import recovery
@@ -155,7 +156,9 @@ class Webhooks:
                 limits=config.template_limits,
             ),
             outbox=OutboxWriter(
-                models.Delivery.__table__, models.OutboxEvent.__table__
+                models.Delivery.__table__,
+                models.OutboxEvent.__table__,
+                Numbering(models.Counter.__table__, models.sequence),
             ),
             make_transport=_transport_factory(config),
         )

@@ -69,7 +69,12 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_TEMPLATE_TIMEOUT": DEFAULT_TEMPLATE_TIMEOUT,
     "WEBHOOKS_TEMPLATE_MAX_CHARS": MAX_RENDERED_CHARS,
     "WEBHOOKS_CONDITION_TIMEOUT": DEFAULT_CONDITION_TIMEOUT,
+    "WEBHOOKS_ORDERING": "object",
 }
+
+#: Values of ``WEBHOOKS_ORDERING``: ``"object"`` sends the deliveries of one
+#: webhook for one object in commit order, ``"none"`` as soon as possible.
+ORDERINGS = ("object", "none")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,12 @@ class Config:
     template_timeout: float | None = DEFAULT_TEMPLATE_TIMEOUT
     template_max_chars: int = MAX_RENDERED_CHARS
     condition_timeout: float | None = DEFAULT_CONDITION_TIMEOUT
+    ordering: str = "object"
+
+    @property
+    def ordered(self) -> bool:
+        """Whether deliveries of one object wait for the earlier ones."""
+        return self.ordering == "object"
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -138,6 +149,12 @@ class Config:
             raise ValueError(
                 "WEBHOOKS_USERNAME_GETTER must be a callable or import path"
             )
+        ordering = c["WEBHOOKS_ORDERING"]
+        if ordering not in ORDERINGS:
+            raise ValueError(
+                f"WEBHOOKS_ORDERING must be one of {', '.join(map(repr, ORDERINGS))}, "
+                f"got {ordering!r}"
+            )
         disable = c["WEBHOOKS_DISABLE_AFTER_FAILURES"]
         denied = c["WEBHOOKS_DENIED_NETWORKS"]
         return cls(
@@ -161,6 +178,7 @@ class Config:
             template_timeout=optional("WEBHOOKS_TEMPLATE_TIMEOUT"),
             template_max_chars=number("WEBHOOKS_TEMPLATE_MAX_CHARS", int, 1),
             condition_timeout=optional("WEBHOOKS_CONDITION_TIMEOUT"),
+            ordering=ordering,
         )
 
 

@@ -79,6 +79,8 @@ _MEDIA_TYPE = re.compile(
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TEMPLATE_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _BOOL_FIELDS = ("enabled", "on_create", "on_update", "on_delete", "ssl_verification")
+#: Newer boolean fields: False when a plain object does not have them.
+_OPTIONAL_BOOL_FIELDS = ("collapse_updates",)
 #: Errors that depend on more than their own field (for updates, see
 #: :func:`_changed_fields`).
 _DEPENDS = {
@@ -460,8 +462,12 @@ def _validate(
     ):
         errors["name"] = f"a webhook named {name!r} already exists"
 
-    for field in _BOOL_FIELDS:
-        value = getattr(webhook, field)
+    for field in (*_BOOL_FIELDS, *_OPTIONAL_BOOL_FIELDS):
+        value = (
+            getattr(webhook, field, False)
+            if field in _OPTIONAL_BOOL_FIELDS
+            else getattr(webhook, field)
+        )
         if not isinstance(value, bool):
             errors[field] = f"must be True or False, got {value!r}"
 

@@ -9,7 +9,9 @@ import sqlalchemy as sa
 from flask_webhooks.state import get_state
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-BUSY = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+BUSY = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+)
 REDOS = {"attr": "name", "op": "regex", "value": "(a|aa)+$"}
 
 
@@ -82,7 +84,9 @@ def test_regex_condition_timeout_records_a_failed_delivery(
 
 
 @SQLITE_ONLY
-@pytest.mark.parametrize("key", ["WEBHOOKS_TEMPLATE_TIMEOUT", "WEBHOOKS_CONDITION_TIMEOUT"])
+@pytest.mark.parametrize(
+    "key", ["WEBHOOKS_TEMPLATE_TIMEOUT", "WEBHOOKS_CONDITION_TIMEOUT"]
+)
 def test_bad_limit_names_the_key(key, database_url, tmp_path):
     from flask import Flask
     from flask_sqlalchemy import SQLAlchemy

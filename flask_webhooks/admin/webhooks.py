@@ -313,7 +313,7 @@ class WebhookView(AdminViewMixin, ModelView):
         if not rows:
             return None
         with state.engine().begin() as conn:
-            state.outbox.write(conn, rows)
+            state.outbox.write_numbered(conn, rows)
         pending = [r["id"] for r in rows if r["status"] == m.PENDING]
         if pending:
             state.enqueue(pending)

@@ -56,7 +56,10 @@ def test_delivery_row(
     The body is rendered like any other delivery's (the webhook's body
     template, or the default JSON payload), so the test goes through the
     normal pipeline: queue, signing, transport, attempt log. A body template
-    that fails gives a ``failed`` row with the error, as at capture.
+    that fails gives a ``failed`` row with the error, as at capture. Write it
+    with :meth:`~flask_webhooks.capture.writer.OutboxWriter.write_numbered`,
+    which gives it a sequence number. It is part of no object's order
+    (``object_id`` is empty).
     """
     now = m.utcnow()
     request_id = str(uuid.uuid4())
@@ -84,6 +87,7 @@ def test_delivery_row(
         "object_id": "",
         "request_id": request_id,
         "username": username[:255] if username else None,
+        "sequence": None,
         "status": m.PENDING,
         "attempts": 0,
         "next_attempt_at": now,
@@ -163,15 +167,20 @@ class Chunk:
     ``rows``: complete delivery rows (conditions, templates, failures, and
     events of a single plain webhook). ``staged``: one row per event for the
     ``webhooks_outbox_event`` table, ``(seq, grp, id_prefix, event, model,
-    object_id, request_id, username, body)``, to be copied into one delivery
-    row per webhook of its group; ``groups``: the group number of each tuple
-    of plain webhooks.
+    object_id, request_id, username, sequence, body)``, to be copied into
+    one delivery row per webhook of its group; ``groups``: the group number
+    of each tuple of plain webhooks.
+
+    ``sequence`` in rows and staged rows is the event's number within the
+    chunk (0 to ``events - 1``): the writer replaces it with the event's
+    sequence number, drawn when the chunk is written (commit order).
     """
 
     rows: list[dict[str, t.Any]]
     staged: list[tuple[t.Any, ...]]
     groups: dict[tuple[Hook, ...], int]
     now: dt.datetime
+    events: int = 0
 
 
 def build_chunks(
@@ -256,8 +265,17 @@ def _build_event(
             data, error = None, f"serialization failed: {type(e).__name__}: {e}"
     now = chunk.now
     add = chunk.rows.append
-    # What every delivery row of this event shares.
-    shared = (event, reg.name, _object_id(entry.insp), request_id, db_username)
+    # What every delivery row of this event shares; the last item numbers
+    # the event in the chunk (see Chunk).
+    shared = (
+        event,
+        reg.name,
+        _object_id(entry.insp),
+        request_id,
+        db_username,
+        chunk.events,
+    )
+    chunk.events += 1
     if error is not None:
         for hook in index.matching(reg.name, event):
             add(_row(shared, hook, m.FAILED, now, error=error))
@@ -318,7 +336,7 @@ def _build_event(
 
 
 def _row(
-    shared: tuple[str, str, str, str | None, str | None],
+    shared: tuple[str, str, str, str | None, str | None, int],
     hook: Hook,
     status: str,
     now: dt.datetime,
@@ -327,7 +345,7 @@ def _row(
     payload: str | None = None,
     error: str | None = None,
 ) -> dict[str, t.Any]:
-    event, model, object_id, request_id, username = shared
+    event, model, object_id, request_id, username, sequence = shared
     return {
         "id": new_uuid(),
         "webhook_id": hook.id,
@@ -337,6 +355,7 @@ def _row(
         "object_id": object_id,
         "request_id": request_id,
         "username": username,
+        "sequence": sequence,
         "status": status,
         "attempts": 0,
         "created_at": now,

@@ -21,6 +21,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .numbering import Numbering
 from .outbox import Chunk
 from .outbox import new_uuid
 
@@ -45,8 +46,11 @@ _STAGED_COLUMNS = (
     "object_id",
     "request_id",
     "username",
+    "sequence",
     "body",
 )
+#: Index of ``sequence`` in a staged row (:class:`.outbox.Chunk`, without ``batch``).
+_STAGED_SEQUENCE = _STAGED_COLUMNS.index("sequence") - 1
 
 
 class OutboxWriter:
@@ -59,13 +63,25 @@ class OutboxWriter:
     id is the event's random UUID prefix plus the webhook's number, so the
     ids are known without reading them back. Without the table (an app that
     upgraded without creating it) every delivery is a row built in Python.
+
+    :param numbering: draws the events' sequence numbers; default: the
+        ``webhooks_counter`` table of ``table``'s metadata (no sequence).
     """
 
-    def __init__(self, table: sa.Table, events: sa.Table | None = None) -> None:
+    def __init__(
+        self,
+        table: sa.Table,
+        events: sa.Table | None = None,
+        numbering: Numbering | None = None,
+    ) -> None:
         self.table = table
         self.events = (
             events if events is not None else table.metadata.tables.get(EVENTS_TABLE)
         )
+        if numbering is None:
+            counter = table.metadata.tables.get(m.CounterBase.__tablename__)
+            numbering = Numbering(counter, None)
+        self.numbering = numbering
         self._compiled: dict[t.Any, tuple[str, list[str], bool, dict[str, t.Any]]] = {}
         self._lock = threading.Lock()
         self._fanout_ok: dict[t.Any, bool] = {}
@@ -154,6 +170,14 @@ class OutboxWriter:
                 prepared.append(pick(values) if pick is not None else values)
         conn.exec_driver_sql(sql, prepared)
 
+    def write_numbered(self, conn: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+        """Give each row (an event of its own, such as a ``test`` delivery)
+        the next sequence number, then :meth:`write` them."""
+        numbers = self.numbering.draw(conn, len(rows))
+        for row, number in zip(rows, numbers, strict=True):
+            row["sequence"] = number
+        self.write(conn, rows)
+
     # -- fan-out in SQL --------------------------------------------------------
 
     def fanout_available(self, conn: sa.Connection) -> bool:
@@ -197,6 +221,16 @@ class OutboxWriter:
         keys: list[t.Any] = []
         for chunk in chunks:
             rows = chunk.rows
+            # The chunk numbers its events 0..events-1; now, after the last
+            # flush, they get their place in commit order.
+            numbers = self.numbering.draw(conn, chunk.events)
+            for r in rows:
+                r["sequence"] = numbers[r["sequence"]]
+            if chunk.staged:
+                i = _STAGED_SEQUENCE
+                chunk.staged = [
+                    (*row[:i], numbers[row[i]], *row[i + 1 :]) for row in chunk.staged
+                ]
             if rows:
                 # In key order, as the fan-out's copies (see _fan_out); the
                 # ids are enqueued in event order.
@@ -303,6 +337,7 @@ class OutboxWriter:
             "object_id": E.c.object_id,
             "request_id": E.c.request_id,
             "username": E.c.username,
+            "sequence": E.c.sequence,
             "status": sa.literal(m.PENDING, D.status.type),
             "attempts": sa.literal(0, D.attempts.type),
             "next_attempt_at": now,

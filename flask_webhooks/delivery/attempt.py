@@ -173,6 +173,8 @@ def build_request(
     headers.update(render_headers(hook, context, limits=limits))
     headers["X-Webhook-ID"] = row.id
     headers["X-Webhook-Attempt"] = str(attempt)
+    if row.sequence is not None:
+        headers["X-Webhook-Sequence"] = str(row.sequence)
     # Signatures are set last: they win over additional headers.
     headers.update(
         signature_headers(

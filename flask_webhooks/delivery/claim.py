@@ -17,6 +17,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .order import in_order
 
 if t.TYPE_CHECKING:
     from ..state import Config
@@ -44,6 +45,7 @@ def _claim_columns(
         c.body,
         c.payload,
         c.content_type,
+        c.sequence,
     ]
     if webhooks is not None:
         # The webhook's version, so a cached copy of the webhook can be used
@@ -59,7 +61,10 @@ def _claim_columns(
 
 @functools.lru_cache(maxsize=32)
 def _claim_statements(
-    table: sa.Table, webhooks: sa.Table | None, no_flush_wait: bool = False
+    table: sa.Table,
+    webhooks: sa.Table | None,
+    no_flush_wait: bool = False,
+    ordered: bool = False,
 ) -> tuple[t.Any, t.Any, t.Any]:
     """The claim ``UPDATE`` (plain and with ``RETURNING``) and the read-back
     ``SELECT``, built once per table.
@@ -97,6 +102,9 @@ def _claim_statements(
             updated_at=sa.bindparam("b_updated_at"),
         )
     )
+    if ordered:
+        # Per-object order: not while an earlier delivery of the object is open.
+        stmt = stmt.where(in_order(table))
     if no_flush_wait:
         # PostgreSQL: the (autocommitted) statement's own transaction commits
         # without waiting for the WAL flush; see _claiming.
@@ -142,6 +150,7 @@ def claim_many(
     webhooks: sa.Table | None = None,
     *,
     no_flush_wait: bool = False,
+    ordered: bool = False,
 ) -> list[sa.Row[t.Any]]:
     """Atomically take the due ones of ``delivery_ids`` for one attempt each.
 
@@ -154,10 +163,12 @@ def claim_many(
     (``now`` + ``lease``), which identifies this claim. With ``webhooks``
     (the webhook table) each row also carries ``webhook_updated_at``.
     ``no_flush_wait`` (PostgreSQL, autocommit connections only) lets the
-    statement's transaction commit without waiting for the disk.
+    statement's transaction commit without waiting for the disk. With
+    ``ordered`` a row is also left out while an earlier delivery of its
+    object is open (see :mod:`.order`).
     """
     update, update_returning, read_back = _claim_statements(
-        table, webhooks, no_flush_wait
+        table, webhooks, no_flush_wait, ordered
     )
     params = {
         "b_ids": list(delivery_ids),
@@ -179,12 +190,15 @@ def claim(
     delivery_id: str,
     now: dt.datetime,
     lease: float,
+    *,
+    ordered: bool = True,
 ) -> sa.Row[t.Any] | None:
     """Atomically take one delivery for one attempt (see :func:`claim_many`).
 
-    Returns the claimed row, or None if someone else has it or it is not due.
+    Returns the claimed row, or None if someone else has it, it is not due
+    or (``ordered``) an earlier delivery of its object is open.
     """
-    rows = claim_many(conn, table, [delivery_id], now, lease)
+    rows = claim_many(conn, table, [delivery_id], now, lease, ordered=ordered)
     return rows[0] if rows else None
 
 
