@@ -20,6 +20,7 @@ from flask.cli import AppGroup
 from . import models as m
 from .capture.outbox import test_delivery_row
 from .delivery.engine import deliver
+from .delivery.order import newer_delivered
 from .delivery.recovery import requeue
 from .delivery.recovery import sweep
 from .signing import generate_secret
@@ -224,6 +225,7 @@ def deliveries_command(
                         "event": d.event,
                         "model": d.model,
                         "object_id": d.object_id,
+                        "sequence": d.sequence,
                         "status": d.status,
                         "attempts": d.attempts,
                         "next_attempt_at": d.next_attempt_at.isoformat()
@@ -250,6 +252,7 @@ def deliveries_command(
                 "WEBHOOK",
                 "EVENT",
                 "OBJECT",
+                "SEQ",
                 "STATUS",
                 "TRIES",
                 "RESULT",
@@ -261,6 +264,7 @@ def deliveries_command(
                     d.webhook_name,
                     d.event,
                     f"{d.model}:{d.object_id}" if d.object_id else d.model,
+                    d.sequence,
                     d.status
                     + (
                         f" (next {_when(d.next_attempt_at)})"
@@ -388,12 +392,19 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_name: str | None) 
     }
     session.rollback()  # end the read transaction before writing elsewhere
     changed = requeue(state, [i for i in wanted if i in found])
+    stale = newer_delivered(state, changed)
     state.enqueue(changed)
     if changed:
         click.echo(f"queued {len(changed)} deliveries for retry")
         note = _queue_note(state)
         if note:
             click.echo(note)
+    for delivery_id in (i for i in changed if i in stale):
+        click.echo(
+            f"note: {delivery_id} is older than what the receiver already has (a "
+            "later event of the same object was delivered); it keeps its sequence "
+            "number, so a receiver that checks X-Webhook-Sequence ignores it"
+        )
     problems = []
     for delivery_id in wanted:
         if delivery_id not in found:

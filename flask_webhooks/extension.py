@@ -272,7 +272,13 @@ class Webhooks:
 
         Works for ``failed``, ``retrying``, ``cancelled`` and ``pending``
         deliveries; the attempt count goes on. Returns False if the delivery is
-        being sent or has succeeded.
+        being sent, has succeeded or was superseded.
+
+        The delivery keeps its sequence number (``X-Webhook-Sequence``): with
+        ``WEBHOOKS_ORDERING = "object"`` it waits for earlier open deliveries
+        of its object, and later ones wait for it. Retrying a delivery older
+        than one the receiver already got is allowed; see
+        :func:`flask_webhooks.delivery.order.newer_delivered` to find those.
         """
         delivery_id = getattr(delivery, "id", delivery)
         state = self.state

@@ -23,6 +23,8 @@ from flask_admin.helpers import get_redirect_target
 from markupsafe import Markup
 
 from .. import models as m
+from ..delivery.order import newer_delivered
+from ..delivery.order import release
 from ..delivery.recovery import requeue
 from .base import AdminViewMixin
 from .base import release_session
@@ -175,6 +177,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "model",
         "event",
         "object_id",
+        "sequence",
         "attempts",
         "last_status_code",
         "next_attempt_at",
@@ -183,6 +186,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "created_at": "Created (UTC)",
         "webhook_name": "Webhook",
         "object_id": "Object",
+        "sequence": "Sequence",
         "last_status_code": "HTTP",
         "next_attempt_at": "Next attempt",
     }
@@ -192,6 +196,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "webhook_name",
         "model",
         "event",
+        "sequence",
         "attempts",
         "last_status_code",
         "next_attempt_at",
@@ -349,6 +354,9 @@ class DeliveryView(AdminViewMixin, ModelView):
                         updated_at=now,
                     )
                 ).rowcount
+        if count:
+            # The next delivery of each cancelled one's object may go now.
+            release(state, [str(i) for i in ids])
         skipped = len(ids) - count
         message = f"Cancelled {_plural(count, 'delivery', 'deliveries')}."
         if skipped:
@@ -361,6 +369,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         changed: list[str] = []
         for chunk in _chunks(ids):
             changed.extend(requeue(state, chunk))
+        stale = newer_delivered(state, changed)
         if changed:
             state.enqueue(changed)
         skipped = len(ids) - len(changed)
@@ -378,8 +387,15 @@ class DeliveryView(AdminViewMixin, ModelView):
         message = "; ".join(parts) + "."
         if skipped:
             message += f" {skipped} skipped (being sent or already succeeded)."
+        if stale:
+            message += (
+                f" {_plural(len(stale), 'delivery is', 'deliveries are')} older than "
+                "what the receiver already has: a later event of the same object "
+                "was delivered. They keep their sequence numbers "
+                "(X-Webhook-Sequence), so a receiver that checks them ignores them."
+            )
         failed = outcome.get(m.FAILED, 0) + outcome.get(m.RETRYING, 0)
-        flash(message, "warning" if failed else "success")
+        flash(message, "warning" if failed or stale else "success")
 
     def _outcome(self, ids: list[str]) -> dict[str, int]:
         """Statuses of ``ids`` right now (the immediate queue has sent them)."""

@@ -19,6 +19,7 @@ _BADGES = {
     m.SUCCEEDED: "success",
     m.FAILED: "danger",
     m.CANCELLED: "dark",
+    m.SUPERSEDED: "info",
 }
 
 
