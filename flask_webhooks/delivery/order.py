@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 #: Ids per ``IN (...)`` list.
 CHUNK = 500
+#: Released deliveries of one webhook per batch task (see
+#: :func:`enqueue_released`); at least the enqueue's batch threshold.
+RELEASE_BATCH = 10
 _WAITING = (m.PENDING, m.RETRYING)
 
 
@@ -87,10 +90,12 @@ def in_order(table: sa.Table) -> sa.ColumnElement[bool]:
 
 
 @functools.lru_cache(maxsize=32)
-def _mark_statement(table: sa.Table) -> t.Any:
+def _mark_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
+    """The open deliveries in the way of some waiting ones (``SELECT``), the
+    flag of one of them, and the flag of all of them (one ``UPDATE``)."""
     waiting = table.alias("waiting")
     blocker = table.alias("blocker")
-    w, b = waiting.c, blocker.c
+    w, b, c = waiting.c, blocker.c, table.c
     blockers = (
         sa.select(b.id)
         .select_from(waiting)
@@ -103,12 +108,11 @@ def _mark_statement(table: sa.Table) -> t.Any:
             sa.not_(b.has_waiters),
         )
     )
-    return (
-        sa.update(table)
-        .where(table.c.id.in_(blockers))
-        .values(has_waiters=True, updated_at=table.c.updated_at)
-        .execution_options(synchronize_session=False)
+    flag = sa.update(table).values(has_waiters=True, updated_at=c.updated_at)
+    one = flag.where(
+        c.id == sa.bindparam("b_id"), is_open(c.status), sa.not_(c.has_waiters)
     )
+    return blockers, one, flag.where(c.id.in_(blockers))
 
 
 def mark_blockers(conn: sa.Connection, table: sa.Table, ids: t.Sequence[str]) -> int:
@@ -118,10 +122,20 @@ def mark_blockers(conn: sa.Connection, table: sa.Table, ids: t.Sequence[str]) ->
     The caller claims ``ids`` again afterwards: a blocker that finished
     between the claim and this mark is not flagged, and its successor is
     free by then. Returns how many rows were flagged.
+
+    On PostgreSQL (the claim's autocommitted connection) each row is flagged
+    by a statement of its own, so a mark never holds one row lock while
+    waiting for another: it cannot deadlock with a batch's claim or result,
+    which lock several rows in their own order.
     """
     if not ids:
         return 0
-    return int(conn.execute(_mark_statement(table), {"b_ids": list(ids)}).rowcount)
+    blockers, one, every = _mark_statements(table)
+    params = {"b_ids": list(ids)}
+    if conn.dialect.name != "postgresql":
+        return int(conn.execute(every, params).rowcount)
+    found = list(dict.fromkeys(conn.execute(blockers, params).scalars()))
+    return sum(int(conn.execute(one, {"b_id": i}).rowcount) for i in found)
 
 
 @functools.lru_cache(maxsize=32)
@@ -250,7 +264,7 @@ def release(
             "flask-webhooks: %d updates superseded by newer ones", len(superseded)
         )
     if heads:
-        enqueue_released(state, [i for i, _ in heads], [w for _, w in heads])
+        enqueue_released(state, heads)
     return [i for i, _ in heads]
 
 
@@ -276,10 +290,13 @@ def _collapsing_webhooks(state: WebhooksState, hook_ids: set[t.Any]) -> set[t.An
 _local = threading.local()
 
 
-def enqueue_released(
-    state: WebhooksState, ids: list[str], keys: list[t.Any] | None = None
-) -> None:
-    """Enqueue released deliveries without nesting.
+def enqueue_released(state: WebhooksState, heads: list[tuple[str, t.Any]]) -> None:
+    """Enqueue released deliveries (``(id, webhook_id)`` pairs).
+
+    A webhook's released deliveries go as batch tasks of
+    :data:`RELEASE_BATCH` (a wave of many objects' next events: several
+    worker threads share it, each batch claimed and recorded at once), the
+    rest one task each.
 
     With a synchronous queue (``immediate://``, :func:`capture_deliveries`)
     the enqueue sends at once, and that delivery's own release would
@@ -287,23 +304,29 @@ def enqueue_released(
     Releases made while one is running in this thread are queued and
     enqueued by the outermost one, in order.
     """
-    waiting: list[tuple[list[str], list[t.Any] | None]] | None = getattr(
-        _local, "waiting", None
-    )
+    by_hook: dict[t.Any, list[str]] = {}
+    for delivery_id, hook_id in heads:
+        by_hook.setdefault(hook_id, []).append(delivery_id)
+    groups = [
+        (ids[i : i + RELEASE_BATCH], hook_id)
+        for hook_id, ids in by_hook.items()
+        for i in range(0, len(ids), RELEASE_BATCH)
+    ]
+    waiting: list[tuple[list[str], t.Any]] | None = getattr(_local, "waiting", None)
     if waiting is not None:
-        waiting.append((ids, keys))
+        waiting.extend(groups)
         return
-    _local.waiting = waiting = [(ids, keys)]
+    _local.waiting = waiting = groups
     try:
         while waiting:
-            batch, batch_keys = waiting.pop(0)
+            ids, hook_id = waiting.pop(0)
             try:
-                state.enqueue(batch, keys=batch_keys)
+                state.enqueue(ids, keys=[hook_id] * len(ids))
             except Exception:
                 logger.exception(
                     "flask-webhooks: enqueueing %d released deliveries failed; "
                     "sweep() will enqueue them",
-                    len(batch),
+                    len(ids),
                 )
     finally:
         _local.waiting = None
