@@ -277,8 +277,8 @@ class Webhooks:
         The delivery keeps its sequence number (``X-Webhook-Sequence``): with
         ``WEBHOOKS_ORDERING = "object"`` it waits for earlier open deliveries
         of its object, and later ones wait for it. Retrying a delivery older
-        than one the receiver already got is allowed; see
-        :func:`flask_webhooks.delivery.order.newer_delivered` to find those.
+        than one the receiver already got is allowed (the admin and ``flask
+        webhooks retry`` point those out).
         """
         delivery_id = getattr(delivery, "id", delivery)
         state = self.state
