@@ -468,7 +468,7 @@ def _duration_option(
 @click.option(
     "--status",
     "statuses",
-    type=click.Choice((m.SUCCEEDED, m.FAILED, m.CANCELLED)),
+    type=click.Choice(m.FINAL_STATUSES),
     multiple=True,
     default=(m.SUCCEEDED,),
     show_default=True,

@@ -370,6 +370,9 @@ def test_the_sweep_enqueues_only_the_first_open_delivery_of_an_object(
     due = {i for i, _ in due_rows(state, now=later(10))}
     assert due == {created.id, w.id}
     assert sweep(state, now=later(10)) == 2
+    state.huey.flush()
+    # The periodic sweep (which marks what it enqueues) too.
+    assert sweep(state, now=later(20), older_than=1, hold=30) == 2
 
 
 @pytest.mark.parametrize("config", [{"WEBHOOKS_RETRY_SCHEDULE": []}], indirect=True)
@@ -502,3 +505,25 @@ def test_collapse_updates_is_validated(webhooks, db):
     assert info.value.errors == {"collapse_updates": "must be True or False, got 'yes'"}
     db.session.rollback()
     assert webhooks.Webhook(name="h2").collapse_updates is False
+
+
+def test_capture_deliveries_keeps_the_order_until_the_retry_runs(
+    webhooks, db, models, make_hook, state, sites
+):
+    from flask_webhooks.testing import capture_deliveries
+
+    make_hook()
+    with capture_deliveries(state.app) as sent:
+        sent.respond(500)
+        site_id = sites.create("v0")
+        sites.rename(site_id, "v1")
+        # The update waits for the create's retry.
+        assert [(r.event, r.attempt) for r in sent.requests] == [(m.CREATED, 1)]
+        assert sent.run_scheduled() == 1
+    assert [(r.event, r.attempt) for r in sent.requests] == [
+        (m.CREATED, 1),
+        (m.CREATED, 2),
+        (m.UPDATED, 1),
+    ]
+    first, second, third = sent.requests
+    assert first.sequence == second.sequence < (third.sequence or 0)
