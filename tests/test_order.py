@@ -527,3 +527,27 @@ def test_capture_deliveries_keeps_the_order_until_the_retry_runs(
     ]
     first, second, third = sent.requests
     assert first.sequence == second.sequence < (third.sequence or 0)
+
+
+def test_without_the_sequence_source_commits_still_work_unnumbered(
+    webhooks, db, models, make_hook, state, sites, receiver, caplog
+):
+    """An app that upgraded without creating the sequence (PostgreSQL) or the
+    counter table (elsewhere): commits and deliveries go on, unnumbered."""
+    make_hook()
+    db.session.remove()
+    with state.engine().begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("DROP SEQUENCE webhooks_delivery_sequence")
+        else:
+            conn.exec_driver_sql("DROP TABLE webhooks_counter")
+    site_id = sites.create("v0")
+    sites.rename(site_id, "v1")
+    assert [r.sequence for r in rows(state)] == [None, None]
+    assert "cannot draw event sequence numbers" in caplog.text
+    drain(state)
+    assert [r.status for r in rows(state)] == [m.SUCCEEDED, m.SUCCEEDED]
+    assert [r.header("X-Webhook-Sequence") for r in receiver.requests] == [None, None]
+    if db.engine.dialect.name == "postgresql":
+        with state.engine().begin() as conn:
+            conn.exec_driver_sql("CREATE SEQUENCE webhooks_delivery_sequence")

@@ -60,10 +60,14 @@ class Numbering:
             return [None] * n
         if available is None:
             try:
-                # The first draw runs in a savepoint: a missing sequence must
-                # not abort the user's transaction (PostgreSQL).
-                with conn.begin_nested():
+                if conn.dialect.name == "sqlite":
+                    # A failed statement leaves the transaction be.
                     numbers = self._draw(conn, n)
+                else:
+                    # Elsewhere the first draw runs in a savepoint: a missing
+                    # sequence must not abort the user's transaction.
+                    with conn.begin_nested():
+                        numbers = self._draw(conn, n)
             except Exception:
                 logger.warning(
                     "flask-webhooks: cannot draw event sequence numbers (create "
