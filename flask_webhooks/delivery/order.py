@@ -139,11 +139,12 @@ def mark_blockers(conn: sa.Connection, table: sa.Table, ids: t.Sequence[str]) ->
 
 
 @functools.lru_cache(maxsize=32)
-def _chains_statement(table: sa.Table) -> t.Any:
+def _chains_statement(table: sa.Table, webhooks: sa.Table) -> t.Any:
     """The open deliveries of the keys of some given (finished) deliveries,
-    with the sequence of the finished one they waited behind."""
+    with the sequence of the finished one they waited behind and whether
+    their webhook collapses updates."""
     done = table.alias("done")
-    d, c = done.c, table.c
+    d, c, w = done.c, table.c, webhooks.c
     return (
         sa.select(
             c.id,
@@ -155,6 +156,10 @@ def _chains_statement(table: sa.Table) -> t.Any:
             c.status,
             c.next_attempt_at,
             d.sequence.label("after"),
+            sa.select(w.collapse_updates)
+            .where(w.id == c.webhook_id)
+            .scalar_subquery()
+            .label("collapse"),
         )
         .select_from(done)
         .join(table, _same_object(c, d))
@@ -223,22 +228,23 @@ def release(
         return []
     now = now or m.utcnow()
     D = state.models.Delivery.__table__
+    statement = _chains_statement(D, state.models.Webhook.__table__)
     chains: dict[tuple[t.Any, ...], dict[str, t.Any]] = {}
     after: dict[tuple[t.Any, ...], int | None] = {}
+    collapse: set[t.Any] = set()
     with state.engine().connect() as conn:
         for start in range(0, len(ids), CHUNK):
-            rows = conn.execute(
-                _chains_statement(D), {"b_ids": ids[start : start + CHUNK]}
-            )
+            rows = conn.execute(statement, {"b_ids": ids[start : start + CHUNK]})
             for row in rows:
                 key = (row.webhook_id, row.model, row.object_id)
                 chains.setdefault(key, {})[row.id] = row
                 if row.after is not None:
                     seen = after.get(key)
                     after[key] = row.after if seen is None else min(seen, row.after)
+                if row.collapse:
+                    collapse.add(row.webhook_id)
     if not chains:
         return []
-    collapse = _collapsing_webhooks(state, {k[0] for k in chains})
     superseded: list[str] = []
     heads: list[tuple[str, t.Any]] = []
     for key, found in chains.items():
@@ -270,21 +276,6 @@ def release(
 
 def _by_sequence(row: t.Any) -> tuple[bool, int]:
     return (row.sequence is None, row.sequence or 0)
-
-
-def _collapsing_webhooks(state: WebhooksState, hook_ids: set[t.Any]) -> set[t.Any]:
-    hook_ids.discard(None)
-    if not hook_ids:
-        return set()
-    W = state.models.Webhook.__table__
-    with state.engine().connect() as conn:
-        return set(
-            conn.execute(
-                sa.select(W.c.id).where(
-                    W.c.id.in_(sorted(hook_ids)), W.c.collapse_updates.is_(True)
-                )
-            ).scalars()
-        )
 
 
 _local = threading.local()
