@@ -42,6 +42,7 @@ class Numbering:
         self.sequence = sequence
         self._lock = threading.Lock()
         self._available: dict[t.Any, bool] = {}
+        self._compiled: dict[tuple[str, ...], tuple[str, bool, int]] = {}
 
     def draw(self, conn: sa.Connection, n: int) -> list[int | None]:
         """``n`` increasing numbers, larger than every number drawn by a
@@ -88,36 +89,63 @@ class Numbering:
     def _draw(self, conn: sa.Connection, n: int) -> list[int]:
         dialect = conn.dialect
         if dialect.supports_sequences and self.sequence is not None:
-            values = conn.execute(
-                sa.select(self.sequence.next_value()).select_from(
-                    sa.func.generate_series(1, n)
-                )
-                if dialect.name == "postgresql"
-                else sa.select(self.sequence.next_value())
-            ).scalars()
-            numbers = sorted(values)
-            while len(numbers) < n:  # dialects without generate_series
-                numbers.append(
-                    int(
-                        conn.execute(sa.select(self.sequence.next_value())).scalar_one()
-                    )
-                )
-            return numbers
+            if dialect.name == "postgresql":
+                found = self._run(conn, "series", n).scalars()
+                return sorted(int(v) for v in found)
+            return [int(self._run(conn, "next", n).scalar_one()) for _ in range(n)]
         if self.counter is None:
             raise RuntimeError("no sequence and no counter table to number events")
-        c = self.counter.c
-        stmt = (
-            sa.update(self.counter)
-            .where(c.name == COUNTER_NAME)
-            .values(value=c.value + n)
-        )
         if dialect.update_returning:
-            last = conn.execute(stmt.returning(c.value)).scalar()
-        elif conn.execute(stmt).rowcount:
-            last = conn.scalar(sa.select(c.value).where(c.name == COUNTER_NAME))
+            last = self._run(conn, "bump_returning", n).scalar()
+        elif self._run(conn, "bump", n).rowcount:
+            last = self._run(conn, "read", n).scalar()
         else:
             last = None
         if last is None:
-            conn.execute(sa.insert(self.counter).values(name=COUNTER_NAME, value=n))
+            self._run(conn, "create", n)
             last = n
         return list(range(int(last) - n + 1, int(last) + 1))
+
+    def _run(self, conn: sa.Connection, name: str, n: int) -> sa.CursorResult[t.Any]:
+        """Run one of :meth:`_statements`, compiled once per dialect: built
+        and executed through SQLAlchemy's statement layer, a draw would cost
+        several times the database's own work (it runs in every commit)."""
+        dialect = conn.dialect
+        key = (dialect.name, dialect.driver, dialect.paramstyle, name)
+        found = self._compiled.get(key)
+        if found is None:
+            compiled = self._statements()[name].compile(dialect=dialect)
+            # The parameter names in order: ``n`` is the only one.
+            names = (
+                list(compiled.positiontup or ())
+                if compiled.positional
+                else list(compiled.binds)
+            )
+            found = (str(compiled), bool(compiled.positional), len(names))
+            with self._lock:
+                self._compiled[key] = found
+        sql, positional, count = found
+        if not count:
+            return conn.exec_driver_sql(sql)
+        return conn.exec_driver_sql(sql, (n,) * count if positional else {"n": n})
+
+    def _statements(self) -> dict[str, t.Any]:
+        n = sa.bindparam("n", type_=sa.BigInteger)
+        out: dict[str, t.Any] = {}
+        if self.sequence is not None:
+            next_value = self.sequence.next_value()
+            out["next"] = sa.select(next_value)
+            out["series"] = sa.select(next_value).select_from(
+                sa.func.generate_series(sa.literal_column("1"), n)
+            )
+        if self.counter is not None:
+            c = self.counter.c
+            named = c.name == sa.literal_column(f"'{COUNTER_NAME}'")
+            bump = sa.update(self.counter).where(named).values(value=c.value + n)
+            out["bump"] = bump
+            out["bump_returning"] = bump.returning(c.value)
+            out["read"] = sa.select(c.value).where(named)
+            out["create"] = sa.insert(self.counter).values(
+                name=sa.literal_column(f"'{COUNTER_NAME}'"), value=n
+            )
+        return out
