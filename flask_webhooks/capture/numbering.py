@@ -86,6 +86,22 @@ class Numbering:
             return t.cast(list[int | None], numbers)
         return t.cast(list[int | None], self._draw(conn, n))
 
+    def inline(self, conn: sa.Connection) -> sa.ColumnElement[int] | None:
+        """A SQL expression that draws the next number, for an ``INSERT``
+        whose every row is an event of its own; None where numbers must be
+        drawn beforehand (:meth:`draw`).
+
+        PostgreSQL only (``nextval``), once a draw on this engine has shown
+        that the sequence exists: it saves the commit a round trip.
+        """
+        if (
+            self.sequence is None
+            or conn.dialect.name != "postgresql"
+            or self._available.get(conn.engine) is not True
+        ):
+            return None
+        return self.sequence.next_value()
+
     def _draw(self, conn: sa.Connection, n: int) -> list[int]:
         dialect = conn.dialect
         if dialect.supports_sequences and self.sequence is not None:

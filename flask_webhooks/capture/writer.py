@@ -89,12 +89,22 @@ class OutboxWriter:
         self._staging_sql: dict[t.Any, tuple[str, list[int] | None]] = {}
 
     def _plan(
-        self, dialect: sa.Dialect, given: frozenset[str]
+        self,
+        dialect: sa.Dialect,
+        given: frozenset[str],
+        numbered: sa.ColumnElement[int] | None = None,
     ) -> tuple[str, list[str], bool, dict[str, t.Any]]:
         """SQL, parameter order, positional?, and fill-in values for columns
         the rows do not give (their scalar default; nullable columns without
-        any default are left out, the database makes them NULL)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle, given)
+        any default are left out, the database makes them NULL). With
+        ``numbered``, the database computes ``sequence`` with it."""
+        key = (
+            dialect.name,
+            dialect.driver,
+            dialect.paramstyle,
+            given,
+            numbered is None,
+        )
         found = self._compiled.get(key)
         if found is not None:
             return found
@@ -102,6 +112,8 @@ class OutboxWriter:
         fill: dict[str, t.Any] = {}
         for column in self.table.columns:
             default = column.default
+            if numbered is not None and column.key == "sequence":
+                continue
             if column.key in given:
                 columns.append(column.key)
             elif default is not None and getattr(default, "is_scalar", False):
@@ -116,7 +128,10 @@ class OutboxWriter:
                 raise RuntimeError(
                     f"outbox rows must give {column.key!r} (it has a callable default)"
                 )
-        compiled = sa.insert(self.table).compile(dialect=dialect, column_keys=columns)
+        insert = sa.insert(self.table)
+        if numbered is not None:
+            insert = insert.values(sequence=numbered)
+        compiled = insert.compile(dialect=dialect, column_keys=columns)
         positional = bool(compiled.positional)
         order = list(compiled.positiontup or ()) if positional else columns
         found = (str(compiled), order, positional, fill)
@@ -124,15 +139,23 @@ class OutboxWriter:
             self._compiled[key] = found
         return found
 
-    def write(self, conn: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+    def write(
+        self,
+        conn: sa.Connection,
+        rows: list[dict[str, t.Any]],
+        *,
+        numbered: sa.ColumnElement[int] | None = None,
+    ) -> None:
         """Insert ``rows`` (dicts keyed by column) in ``conn``'s transaction.
 
-        Every row must have the same keys.
+        Every row must have the same keys. With ``numbered`` (see
+        :meth:`.Numbering.inline`) each row's ``sequence`` is computed by
+        the database instead of taken from the row.
         """
         if not rows:
             return
         dialect = conn.dialect
-        sql, order, positional, fill = self._plan(dialect, frozenset(rows[0]))
+        sql, order, positional, fill = self._plan(dialect, frozenset(rows[0]), numbered)
         columns = self.table.c
         processors = {
             key: proc
@@ -219,28 +242,41 @@ class OutboxWriter:
         the webhook id of each (in the same order)."""
         ids: list[str] = []
         keys: list[t.Any] = []
+        inline = self.numbering.inline(conn)
         for chunk in chunks:
             rows = chunk.rows
             # The chunk numbers its events 0..events-1; now, after the last
-            # flush, they get their place in commit order.
-            numbers = self.numbering.draw(conn, chunk.events)
-            for r in rows:
-                r["sequence"] = numbers[r["sequence"]]
-            if chunk.staged:
-                i = _STAGED_SEQUENCE
-                chunk.staged = [
-                    (*row[:i], numbers[row[i]], *row[i + 1 :]) for row in chunk.staged
-                ]
+            # flush, they get their place in commit order: in the INSERT
+            # itself when every row (or staged row) is an event of its own,
+            # else drawn first.
+            numbered = inline
+            if numbered is not None and (
+                (rows and chunk.staged)
+                or len({r["sequence"] for r in rows}) != len(rows)
+            ):
+                numbered = None
+            if numbered is None:
+                numbers = self.numbering.draw(conn, chunk.events)
+                for r in rows:
+                    r["sequence"] = numbers[r["sequence"]]
+                if chunk.staged:
+                    i = _STAGED_SEQUENCE
+                    chunk.staged = [
+                        (*row[:i], numbers[row[i]], *row[i + 1 :])
+                        for row in chunk.staged
+                    ]
             if rows:
                 # In key order, as the fan-out's copies (see _fan_out); the
                 # ids are enqueued in event order.
-                self.write(conn, sorted(rows, key=operator.itemgetter("id")))
+                self.write(
+                    conn, sorted(rows, key=operator.itemgetter("id")), numbered=numbered
+                )
                 for r in rows:
                     if r["status"] == m.PENDING:
                         ids.append(r["id"])
                         keys.append(r["webhook_id"])
             if chunk.staged:
-                self._fan_out(conn, chunk, ids, keys)
+                self._fan_out(conn, chunk, ids, keys, numbered)
         return ids, keys
 
     def _fan_out(
@@ -249,6 +285,7 @@ class OutboxWriter:
         chunk: Chunk,
         ids: list[str],
         keys: list[t.Any],
+        numbered: sa.ColumnElement[int] | None = None,
     ) -> None:
         dialect = conn.dialect
         batch = new_uuid()
@@ -260,7 +297,7 @@ class OutboxWriter:
             (seq, *row[1:])
             for seq, row in enumerate(sorted(staged, key=operator.itemgetter(2)))
         )
-        sql, order = self._staging_statement(dialect)
+        sql, order = self._staging_statement(dialect, numbered)
         if order is None:
             params: list[t.Any] = [
                 dict(zip(_STAGED_COLUMNS, (batch, *row), strict=True))
@@ -302,16 +339,22 @@ class OutboxWriter:
             keys.extend([hook.id] * len(new))
         conn.execute(delete, {"batch": batch})
 
-    def _staging_statement(self, dialect: sa.Dialect) -> tuple[str, list[int] | None]:
+    def _staging_statement(
+        self, dialect: sa.Dialect, numbered: sa.ColumnElement[int] | None = None
+    ) -> tuple[str, list[int] | None]:
         """The staging INSERT for the driver, and the parameter order when
-        positional (indexes into :data:`_STAGED_COLUMNS`)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        positional (indexes into :data:`_STAGED_COLUMNS`). With ``numbered``
+        the database computes ``sequence``."""
+        key = (dialect.name, dialect.driver, dialect.paramstyle, numbered is None)
         found = self._staging_sql.get(key)
         if found is None:
             assert self.events is not None
-            compiled = sa.insert(self.events).compile(
-                dialect=dialect, column_keys=list(_STAGED_COLUMNS)
-            )
+            insert = sa.insert(self.events)
+            columns = list(_STAGED_COLUMNS)
+            if numbered is not None:
+                insert = insert.values(sequence=numbered)
+                columns.remove("sequence")
+            compiled = insert.compile(dialect=dialect, column_keys=columns)
             order = None
             if compiled.positional:
                 order = [_STAGED_COLUMNS.index(k) for k in compiled.positiontup or ()]
