@@ -7,7 +7,8 @@ environment variables set by :func:`benchlib.bench_env`:
 ``BENCH_DATABASE_URL``, ``BENCH_SCHEMA`` (PostgreSQL schema, may be empty),
 ``BENCH_QUEUE`` (``sqlite:///path`` or ``redis://...``), ``BENCH_HUEY_NAME``,
 ``BENCH_SQLITE_WAL`` (non-empty: WAL and ``synchronous=NORMAL``),
-``BENCH_SWEEP_INTERVAL`` (``WEBHOOKS_SWEEP_INTERVAL`` of the worker, if set).
+``BENCH_SWEEP_INTERVAL`` (``WEBHOOKS_SWEEP_INTERVAL`` of the worker, if set),
+``BENCH_ORDERING`` (``WEBHOOKS_ORDERING`` of the worker, if set).
 
 Tables and webhooks are created by the driver; this module only connects.
 """
@@ -40,13 +41,18 @@ def create_app() -> Flask:
         schema=os.environ.get("BENCH_SCHEMA") or None,
         create=False,
         sqlite_wal=bool(os.environ.get("BENCH_SQLITE_WAL")),
-        config=(
-            {"WEBHOOKS_SWEEP_INTERVAL": float(os.environ["BENCH_SWEEP_INTERVAL"])}
-            if os.environ.get("BENCH_SWEEP_INTERVAL")
-            else None
-        ),
+        config=_config(),
     )
     return setup.app
+
+
+def _config() -> dict[str, object]:
+    config: dict[str, object] = {}
+    if os.environ.get("BENCH_SWEEP_INTERVAL"):
+        config["WEBHOOKS_SWEEP_INTERVAL"] = float(os.environ["BENCH_SWEEP_INTERVAL"])
+    if os.environ.get("BENCH_ORDERING"):
+        config["WEBHOOKS_ORDERING"] = os.environ["BENCH_ORDERING"]
+    return config
 
 
 def _install_snapshot_signal(prefix: str) -> None:

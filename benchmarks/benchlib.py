@@ -527,6 +527,7 @@ def bench_env(
     huey_name: str,
     sqlite_wal: bool = False,
     sweep_interval: float | None = None,
+    ordering: str | None = None,
 ) -> dict[str, str]:
     """Environment that makes ``bench_app.create_app`` match the driver's app."""
     env = dict(os.environ)
@@ -537,6 +538,7 @@ def bench_env(
         BENCH_HUEY_NAME=huey_name,
         BENCH_SQLITE_WAL="1" if sqlite_wal else "",
         BENCH_SWEEP_INTERVAL="" if sweep_interval is None else str(sweep_interval),
+        BENCH_ORDERING=ordering or "",
         PYTHONUNBUFFERED="1",
     )
     return env

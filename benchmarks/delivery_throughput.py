@@ -15,10 +15,17 @@ receipt), so process start-up is not counted. ``ratio`` is the median over
 rounds of webhooks / raw in the same round. The script checks that every
 delivery ended ``succeeded`` and that every request was signed.
 
+With ``--ordering`` the worker is compared with itself instead:
+``WEBHOOKS_ORDERING = "object"`` against ``"none"`` (alternating), on two
+workloads of N deliveries each: N distinct objects (one commit), and N / 10
+objects with 10 events each (a commit creating them, then 9 commits
+updating every one). ``ordered_ratio`` and ``per_object_ratio`` are the
+medians of ordered / unordered in the same round.
+
 Usage::
 
     python benchmarks/delivery_throughput.py --deliveries 2000 --queue sqlite|redis
-        [--database-url URL] [--threads 4] [--rounds 3]
+        [--database-url URL] [--threads 4] [--rounds 3] [--ordering]
 
 The last line of output is one JSON object with the figures.
 """
@@ -45,6 +52,21 @@ def commit_items(s: bl.Setup, n: int, start: int) -> None:
         s.db.session.add_all([bl.new_item(s.models.Item, start + i) for i in range(n)])
         s.db.session.commit()
         s.db.session.remove()
+
+
+def commit_per_object(s: bl.Setup, n: int, start: int, events: int) -> None:
+    """``n`` deliveries: ``n // events`` objects created in one commit, then
+    updated ``events - 1`` times, each time all of them in one commit."""
+    with s.app.app_context():
+        session = s.db.session
+        items = [bl.new_item(s.models.Item, start + i) for i in range(n // events)]
+        session.add_all(items)
+        session.commit()
+        for k in range(1, events):
+            for item in items:
+                item.serial = f"SN{start + k:06d}-{k}"
+            session.commit()
+        session.remove()
 
 
 def pending(s: bl.Setup) -> list[tuple[str, bytes]]:
@@ -163,6 +185,127 @@ def run_worker(
     return rate(stats), cpu / (n - 1)
 
 
+#: Events per object in the ``--ordering`` per-object workload.
+EVENTS_PER_OBJECT = 10
+
+
+def main_ordering(args: argparse.Namespace, database: str) -> dict[str, t.Any]:
+    """``--ordering``: the worker's own setup, ordered and unordered."""
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-") as workdir:
+        queue = bl.queue_url(args.queue, args.redis_url, workdir)
+        huey_name = bl.unique("flask-webhooks-bench")
+        url = bl.setup_url(args.database_url, workdir, "delivery")
+        schema = bl.unique("bench_delivery")
+        receiver = bl.ReceiverProcess()
+        s = None
+        try:
+            s = bl.driver_setup(
+                url,
+                workdir,
+                receiver.url,
+                queue,
+                huey_name,
+                schema,
+                sqlite_wal=args.sqlite_wal,
+            )
+            envs = {
+                mode: bl.bench_env(
+                    database_url=url,
+                    schema=schema,
+                    queue=queue,
+                    huey_name=huey_name,
+                    sqlite_wal=args.sqlite_wal,
+                    ordering=mode,
+                )
+                for mode in ("none", "object")
+            }
+            result = run_ordering(s, receiver, envs, args)
+        finally:
+            if s is not None:
+                s.close()
+            receiver.stop()
+    result.update(
+        threads=args.threads,
+        queue=args.queue,
+        database=database
+        + ("-wal" if args.sqlite_wal and database == "sqlite" else ""),
+        deliveries=args.deliveries,
+    )
+    print()
+    bl.emit_json(result)
+    return result
+
+
+def run_ordering(
+    s: bl.Setup,
+    receiver: bl.ReceiverProcess,
+    envs: dict[str, dict[str, str]],
+    args: argparse.Namespace,
+) -> dict[str, t.Any]:
+    """Ordered against unordered workers, per workload; see the module doc."""
+    n, threads = args.deliveries, args.threads
+    log_path = bl.worker_log("delivery_worker.log")
+    rates: dict[tuple[str, str], list[float]] = {}
+    start = 0
+    for rnd in range(args.rounds):
+        for workload in ("distinct", "per_object"):
+            modes = ["none", "object"] if rnd % 2 == 0 else ["object", "none"]
+            for mode in modes:
+                s.clear_outbox()
+                start += n
+                if workload == "distinct":
+                    commit_items(s, n, start)
+                else:
+                    commit_per_object(s, n, start, EVENTS_PER_OBJECT)
+                if len(pending(s)) != n:
+                    raise AssertionError(f"expected {n} pending deliveries")
+                value, _ = run_worker(
+                    s, receiver, envs[mode], n, threads, log_path, args.timeout
+                )
+                rates.setdefault((workload, mode), []).append(value)
+                bl.log(
+                    f"round {rnd + 1}/{args.rounds} {workload} ordering={mode}: "
+                    f"{value:.0f} deliveries/s"
+                )
+    ratio = {
+        w: bl.ratios(rates[(w, "object")], rates[(w, "none")])
+        for w in ("distinct", "per_object")
+    }
+    print()
+    bl.print_table(
+        [
+            "round",
+            "distinct none /s",
+            "distinct object /s",
+            "ratio",
+            "10/object none /s",
+            "10/object object /s",
+            "ratio",
+        ],
+        [
+            [
+                i + 1,
+                rates[("distinct", "none")][i],
+                rates[("distinct", "object")][i],
+                ratio["distinct"][i],
+                rates[("per_object", "none")][i],
+                rates[("per_object", "object")][i],
+                ratio["per_object"][i],
+            ]
+            for i in range(args.rounds)
+        ],
+    )
+    return {
+        "unordered_rps": bl.median(rates[("distinct", "none")]),
+        "ordered_rps": bl.median(rates[("distinct", "object")]),
+        "ordered_ratio": bl.median(ratio["distinct"]),
+        "per_object_unordered_rps": bl.median(rates[("per_object", "none")]),
+        "per_object_ordered_rps": bl.median(rates[("per_object", "object")]),
+        "per_object_ratio": bl.median(ratio["per_object"]),
+        "events_per_object": EVENTS_PER_OBJECT,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=2000)
@@ -172,6 +315,12 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=600.0, help="per worker round")
+    parser.add_argument(
+        "--ordering",
+        action="store_true",
+        help='compare WEBHOOKS_ORDERING "object" with "none" (distinct objects, '
+        "and 10 events per object) instead of the worker with a raw loop",
+    )
     parser.add_argument(
         "--sqlite-wal",
         action="store_true",
@@ -198,7 +347,10 @@ def main(argv: list[str] | None = None) -> dict[str, t.Any]:
         f"{args.queue} queue, {database} database"
         f"{' (WAL)' if args.sqlite_wal and database == 'sqlite' else ''}, "
         f"{args.rounds} rounds"
+        f"{', ordering object vs none' if args.ordering else ''}"
     )
+    if args.ordering:
+        return main_ordering(args, database)
 
     results: dict[str, list[float]] = {"raw": [], "webhooks": []}
     cpu: dict[str, list[float]] = {"raw": [], "webhooks": []}

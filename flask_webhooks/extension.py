@@ -26,6 +26,7 @@ from .capture.journal import AppEntry
 from .capture.listeners import install_model_listeners
 from .capture.listeners import install_session_listeners
 from .capture.listeners import journal_app_event
+from .capture.numbering import Numbering
 from .capture.writer import OutboxWriter
 from .cli import webhooks_cli
 from .delivery import recovery
@@ -208,7 +209,9 @@ class Webhooks:
                 limits=config.template_limits,
             ),
             outbox=OutboxWriter(
-                models.Delivery.__table__, models.OutboxEvent.__table__
+                models.Delivery.__table__,
+                models.OutboxEvent.__table__,
+                Numbering(models.Counter.__table__, models.sequence),
             ),
             make_transport=_transport_factory(config, session_factory),
         )
@@ -411,7 +414,13 @@ class Webhooks:
 
         Works for ``failed``, ``retrying``, ``cancelled`` and ``pending``
         deliveries; the attempt count goes on. Returns False if the delivery is
-        being sent or has succeeded.
+        being sent, has succeeded or was superseded.
+
+        The delivery keeps its sequence number (``X-Webhook-Sequence``): with
+        ``WEBHOOKS_ORDERING = "object"`` it waits for earlier open deliveries
+        of its object, and later ones wait for it. Retrying a delivery older
+        than one the receiver already got is allowed (the admin and ``flask
+        webhooks retry`` point those out).
         """
         delivery_id = getattr(delivery, "id", delivery)
         state = self.state

@@ -36,7 +36,16 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 #: Delivery status: cancelled by an admin before it was sent.
 CANCELLED = "cancelled"
-STATUSES = (PENDING, DELIVERING, RETRYING, SUCCEEDED, FAILED, CANCELLED)
+#: Delivery status: an ``updated`` delivery that was never sent because a
+#: newer ``updated`` delivery of the same object replaced it (webhooks with
+#: ``collapse_updates``). Final: never sent, never retried.
+SUPERSEDED = "superseded"
+STATUSES = (PENDING, DELIVERING, RETRYING, SUCCEEDED, FAILED, CANCELLED, SUPERSEDED)
+#: Statuses of a delivery that is not finished: it holds back the later
+#: deliveries of its object (``WEBHOOKS_ORDERING = "object"``).
+OPEN_STATUSES = (PENDING, DELIVERING, RETRYING)
+#: Statuses of a finished delivery.
+FINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED, SUPERSEDED)
 
 #: Event names, as in the payload's ``event`` key.
 CREATED, UPDATED, DELETED = "created", "updated", "deleted"
@@ -110,6 +119,11 @@ class WebhookBase:
     ca_file_path: Mapped[str | None] = mapped_column(sa.String(4096), default=None)
     conditions: Mapped[t.Any | None] = mapped_column(sa.JSON, default=None)
     timeout: Mapped[float | None] = mapped_column(default=None)
+    #: Send only the newest of several ``updated`` deliveries of one object
+    #: that wait behind an earlier one; the others end ``superseded``.
+    collapse_updates: Mapped[bool] = mapped_column(
+        default=False, server_default=sa.false()
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: Bumped on every change; the capture index reloads when it moves.
     updated_at: Mapped[dt.datetime] = mapped_column(
@@ -182,6 +196,16 @@ class DeliveryBase:
             sa.Index(
                 "ix_webhooks_delivery_stats", "created_at", "webhook_id", "status"
             ),
+            # The open deliveries of one object in commit order: what the
+            # claim, the sweep and the release look up (see delivery/order.py).
+            sa.Index(
+                "ix_webhooks_delivery_open_object",
+                "webhook_id",
+                "object_id",
+                "sequence",
+                postgresql_where=_open(),
+                sqlite_where=_open(),
+            ),
         )
 
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True, default=new_id)
@@ -201,7 +225,14 @@ class DeliveryBase:
     object_id: Mapped[str] = mapped_column(sa.String(255), default="")
     request_id: Mapped[str | None] = mapped_column(sa.String(36), default=None)
     username: Mapped[str | None] = mapped_column(sa.String(255), default=None)
+    #: The event's position in commit order (``X-Webhook-Sequence``): larger
+    #: for a later commit of the same object; the same for every webhook's
+    #: delivery of one event and on every attempt.
+    sequence: Mapped[int | None] = mapped_column(sa.BigInteger, default=None)
     status: Mapped[str] = mapped_column(sa.String(16), default=PENDING)
+    #: A later delivery of the same object found this one in its way: when
+    #: this one finishes, the next one is enqueued at once.
+    has_waiters: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(
         UTCDateTime, default=utcnow
@@ -310,7 +341,31 @@ class OutboxEventBase:
     object_id: Mapped[str] = mapped_column(sa.String(255))
     request_id: Mapped[str | None] = mapped_column(sa.String(36))
     username: Mapped[str | None] = mapped_column(sa.String(255))
+    #: The event's ``sequence``, copied to every delivery row.
+    sequence: Mapped[int | None] = mapped_column(sa.BigInteger)
     body: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+class CounterBase:
+    """Named counters (``webhooks_counter``): the source of delivery
+    sequence numbers on databases without sequences (SQLite).
+
+    On PostgreSQL the numbers come from the ``webhooks_delivery_sequence``
+    sequence instead and this table stays empty.
+    """
+
+    __tablename__ = "webhooks_counter"
+
+    name: Mapped[str] = mapped_column(sa.String(50), primary_key=True)
+    value: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+#: Name of the database sequence (PostgreSQL) that numbers events.
+SEQUENCE_NAME = "webhooks_delivery_sequence"
+
+
+def _open() -> sa.ColumnElement[bool]:
+    return sa.column("status").in_(OPEN_STATUSES)
 
 
 class Models(t.NamedTuple):
@@ -318,6 +373,10 @@ class Models(t.NamedTuple):
     Delivery: type[t.Any]
     DeliveryAttempt: type[t.Any]
     OutboxEvent: type[t.Any]
+    Counter: type[t.Any]
+    #: The PostgreSQL sequence numbering events (created by ``create_all``
+    #: on databases that have sequences).
+    sequence: sa.Sequence
 
 
 _built: dict[int, Models] = {}
@@ -355,6 +414,8 @@ def build_models(db: SQLAlchemy, registry: Registry) -> Models:
     outbox_event = type(
         "OutboxEvent", (OutboxEventBase, db.Model), {"__module__": __name__}
     )
-    models = Models(webhook, delivery, attempt, outbox_event)
+    counter = type("Counter", (CounterBase, db.Model), {"__module__": __name__})
+    sequence = sa.Sequence(SEQUENCE_NAME, metadata=db.metadata)
+    models = Models(webhook, delivery, attempt, outbox_event, counter, sequence)
     _built[key] = models
     return models

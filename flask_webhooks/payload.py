@@ -20,6 +20,9 @@ import threading
 import typing as t
 from urllib.parse import urlencode
 
+from .headers import check_header_name
+from .headers import check_header_value
+from .headers import parse_header_lines
 from .templating import DEFAULT_LIMITS
 from .templating import environment
 from .templating import finite
@@ -29,9 +32,6 @@ from .templating import render
 from .templating import RenderError
 from .templating import template_syntax_error
 from .templating import TemplateLimits
-from .validation import check_header_name
-from .validation import check_header_value
-from .validation import parse_header_lines
 from .validation import url_problem
 
 __all__ = [

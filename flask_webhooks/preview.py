@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from dataclasses import field
 
+import sqlalchemy as sa
+
 from . import models as m
 from .conditions import ConditionSet
 from .delivery.attempt import build_request
@@ -269,6 +271,7 @@ def preview(
     *,
     source: str = "",
     delivery_id: str | None = None,
+    sequence: int | None = None,
     now: dt.datetime | None = None,
 ) -> Preview:
     """Render what ``hook`` would send for the event ``payload``; send nothing.
@@ -279,12 +282,20 @@ def preview(
     :param source: what the event came from, for display.
     :param delivery_id: the stored delivery previewed (its id is the
         ``X-Webhook-ID``); a new id otherwise.
+    :param sequence: that delivery's ``X-Webhook-Sequence``; none for a new
+        event (it gets its number only when committed).
     :param now: the time of the would-be attempt (signature timestamp, and
         whether a secret rotation is still in its overlap).
     """
     hook = hook_values(hook)
     now = now or m.utcnow()
     limits = state.config.template_limits
+    if delivery_id is not None and sequence is None:
+        D = state.models.Delivery.__table__
+        with state.engine().connect() as conn:
+            sequence = conn.execute(
+                sa.select(D.c.sequence).where(D.c.id == delivery_id)
+            ).scalar()
     event, model = payload.get("event"), payload.get("model")
     result = Preview(
         source=source,
@@ -327,6 +338,7 @@ def preview(
         body=result.body,
         payload=dumps(payload),
         content_type=hook.http_content_type or "application/json",
+        sequence=sequence,
     )
     try:
         request = build_request(state, row, hook, 1, timestamp=int(now.timestamp()))

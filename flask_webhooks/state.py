@@ -78,7 +78,12 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_MAX_CLAIMS": 3,
     "WEBHOOKS_PROXIES": None,
     "WEBHOOKS_TRUST_ENV": False,
+    "WEBHOOKS_ORDERING": "object",
 }
+
+#: Values of ``WEBHOOKS_ORDERING``: ``"object"`` sends the deliveries of one
+#: webhook for one object in commit order, ``"none"`` as soon as possible.
+ORDERINGS = ("object", "none")
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,12 @@ class Config:
     #: ``WEBHOOKS_PROXIES`` as (key, proxy URL) pairs, in the order given.
     proxies: tuple[tuple[str, str], ...] = ()
     trust_env: bool = False
+    ordering: str = "object"
+
+    @property
+    def ordered(self) -> bool:
+        """Whether deliveries of one object wait for the earlier ones."""
+        return self.ordering == "object"
 
     @functools.cached_property
     def template_limits(self) -> TemplateLimits:
@@ -168,6 +179,12 @@ class Config:
             )
         redact = tuple(redact)
         Redactor(redact)  # raises for a bad entry, naming the key
+        ordering = c["WEBHOOKS_ORDERING"]
+        if ordering not in ORDERINGS:
+            raise ValueError(
+                f"WEBHOOKS_ORDERING must be one of {', '.join(map(repr, ORDERINGS))}, "
+                f"got {ordering!r}"
+            )
         disable = c["WEBHOOKS_DISABLE_AFTER_FAILURES"]
         denied = c["WEBHOOKS_DENIED_NETWORKS"]
         return cls(
@@ -196,6 +213,7 @@ class Config:
             max_claims=number("WEBHOOKS_MAX_CLAIMS", int, 1),
             proxies=_proxies(c["WEBHOOKS_PROXIES"]),
             trust_env=bool(c["WEBHOOKS_TRUST_ENV"]),
+            ordering=ordering,
         )
 
 

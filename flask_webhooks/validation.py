@@ -26,6 +26,9 @@ from sqlalchemy.orm import InstanceState
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm import object_session
 
+from .headers import check_header_name
+from .headers import CONTROL
+from .headers import parse_header_lines
 from .signing import is_standard_secret
 from .signing import SCHEMES
 from .templating import template_syntax_error
@@ -38,11 +41,7 @@ if t.TYPE_CHECKING:
 __all__ = [
     "HTTP_METHODS",
     "MAX_TIMEOUT",
-    "RESERVED_HEADERS",
     "WebhookValidationError",
-    "check_header_name",
-    "check_header_value",
-    "parse_header_lines",
     "url_problem",
     "validate_webhook",
 ]
@@ -51,34 +50,13 @@ __all__ = [
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 #: Largest per-webhook ``timeout``, in seconds.
 MAX_TIMEOUT = 300.0
-#: Headers ``additional_headers`` may not set (lower case): ``Host`` names the
-#: checked destination, ``Content-Length`` and ``Transfer-Encoding`` frame the
-#: exact body bytes sent, and the hop-by-hop headers (RFC 9110 section 7.6.1)
-#: belong to the connection the HTTP client manages. Setting any of them could
-#: smuggle a second request or reach another virtual host.
-RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    }
-)
-
-#: RFC 9110 token characters, for header names and media types.
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _MEDIA_TYPE = re.compile(
     r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*(;.*)?$"
 )
-#: C0 controls except horizontal tab, and DEL: never valid in a header.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _TEMPLATE_TAG = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _BOOL_FIELDS = ("enabled", "on_create", "on_update", "on_delete", "ssl_verification")
+#: Newer boolean fields: False when a plain object does not have them.
+_OPTIONAL_BOOL_FIELDS = ("collapse_updates",)
 #: Errors that depend on more than their own field (for updates, see
 #: :func:`_changed_fields`).
 _DEPENDS = {
@@ -115,63 +93,6 @@ class WebhookValidationError(ValueError):
         return type(self), (self.errors,)
 
 
-def parse_header_lines(text: str | None) -> list[tuple[str, str]]:
-    """Parse ``Name: Value`` lines; blank lines are ignored.
-
-    Lines end at ``\\n`` (a ``\\r`` before it is dropped). Names must be HTTP
-    tokens; values are stripped and may be Jinja2 templates.
-
-    :raises ValueError: naming the line number and the problem.
-    """
-    headers: list[tuple[str, str]] = []
-    for number, raw in enumerate((text or "").split("\n"), 1):
-        line = raw.removesuffix("\r")
-        if not line.strip():
-            continue
-        if _CONTROL.search(line):
-            raise ValueError(
-                f"line {number}: contains a control character (a lone CR, NUL, ...)"
-            )
-        name, sep, value = line.partition(":")
-        name = name.strip()
-        if not sep:
-            raise ValueError(f"line {number}: expected 'Name: Value', got {line!r}")
-        if not _TOKEN.match(name):
-            raise ValueError(f"line {number}: {name!r} is not a valid header name")
-        headers.append((name, value.strip()))
-    return headers
-
-
-def check_header_name(name: str) -> None:
-    """Refuse a header the HTTP client must set itself (:data:`RESERVED_HEADERS`).
-
-    :raises ValueError: naming the header and why.
-    """
-    if name.strip().lower() in RESERVED_HEADERS:
-        if name.strip().lower() == "host":
-            why = "the Host header always names the payload URL's host"
-        elif name.strip().lower() in ("content-length", "transfer-encoding"):
-            why = "it is computed from the body sent"
-        else:
-            why = "it is a hop-by-hop header managed by the HTTP client"
-        raise ValueError(f"{name!r} cannot be set: {why}")
-
-
-def check_header_value(name: str, value: str) -> None:
-    """Refuse line breaks and other control characters in a rendered header.
-
-    A templated value that renders to ``"x\\r\\nX-Injected: 1"`` would otherwise
-    add a header (header injection); such a request is never sent.
-
-    :raises ValueError: naming the header.
-    """
-    if _CONTROL.search(value) or _CONTROL.search(name) or ":" in name:
-        raise ValueError(
-            f"header {name!r}: rendered value contains a line break or another "
-            "control character; not sent"
-        )
-
-
 def url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as a payload URL, or None.
 
@@ -180,7 +101,7 @@ def url_problem(url: str) -> str | None:
     """
     if not url:
         return "must not be empty"
-    if any(c.isspace() for c in url) or _CONTROL.search(url):
+    if any(c.isspace() for c in url) or CONTROL.search(url):
         return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)
@@ -201,7 +122,7 @@ def _templated_url_problem(url: str) -> str | None:
     if problem:
         return f"template error: {problem}"
     literal = _TEMPLATE_TAG.sub("", url)
-    if any(c.isspace() for c in literal) or _CONTROL.search(literal):
+    if any(c.isspace() for c in literal) or CONTROL.search(literal):
         return "must not contain spaces or control characters outside template tags"
     match = re.match(r"^https?://", url, re.I)
     if not match:
@@ -508,8 +429,12 @@ def _validate(
     ):
         errors["name"] = f"a webhook named {name!r} already exists"
 
-    for field in _BOOL_FIELDS:
-        value = getattr(webhook, field)
+    for field in (*_BOOL_FIELDS, *_OPTIONAL_BOOL_FIELDS):
+        value = (
+            getattr(webhook, field, False)
+            if field in _OPTIONAL_BOOL_FIELDS
+            else getattr(webhook, field)
+        )
         if not isinstance(value, bool):
             errors[field] = f"must be True or False, got {value!r}"
 
@@ -550,7 +475,7 @@ def _validate(
         required=True,
     )
     if content_type:
-        if _CONTROL.search(content_type):
+        if CONTROL.search(content_type):
             errors["http_content_type"] = "must be a single line"
         elif not _MEDIA_TYPE.match(content_type.strip()):
             errors["http_content_type"] = (

@@ -117,7 +117,7 @@ def make_traffic(
 
 
 def seed_history(webhooks: Webhooks, db: SQLAlchemy, hook_ids: t.Sequence[int]) -> int:
-    """Earlier traffic (1 to 23 hours ago, a failure burst 6 hours ago) written
+    """Earlier traffic (1 to 22 hours ago, a failure burst 6 hours ago) written
     straight into the tables; returns how many deliveries."""
     from flask_webhooks import models as m
 
@@ -125,7 +125,8 @@ def seed_history(webhooks: Webhooks, db: SQLAlchemy, hook_ids: t.Sequence[int]) 
     A = webhooks.DeliveryAttempt.__table__  # type: ignore[attr-defined]
     now = m.utcnow()
     deliveries, attempts = [], []
-    for ago in range(1, 24):
+    # Up to 22 h 12 min ago: inside the 24 hourly buckets at any minute.
+    for ago in range(1, 23):
         for hook_id in hook_ids:
             for n in range(3 + (ago * 7 + hook_id) % 9):
                 failed = (ago in (6, 7) and n % 2 == 0) or n == 5

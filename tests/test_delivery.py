@@ -111,7 +111,7 @@ def new_deliveries(db: t.Any, models: t.Any, count: int = 1) -> list[str]:
     D = Delivery(db)
     ids = list(
         db.session.scalars(
-            sa.select(D.id).where(D.status == m.PENDING).order_by(D.created_at)
+            sa.select(D.id).where(D.status == m.PENDING).order_by(D.sequence)
         )
     )
     db.session.rollback()

@@ -23,6 +23,8 @@ from flask_admin.helpers import get_redirect_target
 from markupsafe import Markup
 
 from .. import models as m
+from ..delivery.order import newer_delivered
+from ..delivery.order import release
 from ..delivery.recovery import requeue
 from ..wording import plural
 from .base import AdminViewMixin
@@ -182,6 +184,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "model",
         "event",
         "object_id",
+        "sequence",
         "attempts",
         "last_status_code",
         "next_attempt_at",
@@ -190,6 +193,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "created_at": "Created (UTC)",
         "webhook_name": "Webhook",
         "object_id": "Object",
+        "sequence": "Seq.",
         "last_status_code": "HTTP",
         "next_attempt_at": "Next attempt",
     }
@@ -199,6 +203,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         "webhook_name",
         "model",
         "event",
+        "sequence",
         "attempts",
         "last_status_code",
         "next_attempt_at",
@@ -358,6 +363,9 @@ class DeliveryView(AdminViewMixin, ModelView):
                         updated_at=now,
                     )
                 ).rowcount
+        if count:
+            # The next delivery of each cancelled one's object may go now.
+            release(state, [str(i) for i in ids])
         skipped = len(ids) - count
         message = f"Cancelled {plural(count, 'delivery')}."
         if skipped:
@@ -370,6 +378,7 @@ class DeliveryView(AdminViewMixin, ModelView):
         changed: list[str] = []
         for chunk in _chunks(ids):
             changed.extend(requeue(state, chunk))
+        stale = newer_delivered(state, changed)
         if changed:
             state.enqueue(changed)
         skipped = len(ids) - len(changed)
@@ -387,8 +396,15 @@ class DeliveryView(AdminViewMixin, ModelView):
         message = "; ".join(parts) + "."
         if skipped:
             message += f" {skipped} skipped (being sent or already succeeded)."
+        if stale:
+            message += (
+                f" {plural(len(stale), 'delivery is', 'deliveries are')} older than "
+                "what the receiver already has: a later event of the same object "
+                "was delivered. They keep their sequence numbers "
+                "(X-Webhook-Sequence), so a receiver that checks them ignores them."
+            )
         failed = outcome.get(m.FAILED, 0) + outcome.get(m.RETRYING, 0)
-        flash(message, "warning" if failed else "success")
+        flash(message, "warning" if failed or stale else "success")
 
     def _outcome(self, ids: list[str]) -> dict[str, int]:
         """Statuses of ``ids`` right now (the immediate queue has sent them)."""

@@ -21,6 +21,7 @@ _BADGES = {
     m.SUCCEEDED: "success",
     m.FAILED: "danger",
     m.CANCELLED: "dark",
+    m.SUPERSEDED: "info",
 }
 
 

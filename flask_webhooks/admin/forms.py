@@ -101,6 +101,14 @@ class WebhookForm(SecureForm):
     on_create = BooleanField("Created")
     on_update = BooleanField("Updated")
     on_delete = BooleanField("Deleted")
+    collapse_updates = BooleanField(
+        "Collapse waiting updates",
+        description=(
+            "When several updates of one object wait behind an earlier delivery "
+            "(a slow or failing receiver), send only the newest; the others end "
+            "<em>superseded</em>. Creates and deletes are always sent."
+        ),
+    )
     payload_url = StringField(
         "Payload URL",
         description="http:// or https:// URL; may be a Jinja2 template.",
@@ -195,6 +203,7 @@ def apply_form(form: t.Any, hook: t.Any) -> None:
     hook.on_create = bool(form.on_create.data)
     hook.on_update = bool(form.on_update.data)
     hook.on_delete = bool(form.on_delete.data)
+    hook.collapse_updates = bool(form.collapse_updates.data)
     hook.payload_url = (form.payload_url.data or "").strip()
     hook.http_method = (form.http_method.data or "POST").upper()
     hook.http_content_type = (form.http_content_type.data or "").strip()

@@ -169,7 +169,6 @@ class WebhookView(AdminViewMixin, ModelView):
         "name",
         "models",
         "events",
-        "event_types",
         "payload_url",
         "enabled",
         "health",
@@ -182,7 +181,6 @@ class WebhookView(AdminViewMixin, ModelView):
         "health": "Health",
         "secret": "Signature",
         "events": "Events",
-        "event_types": "App events",
     }
     column_sortable_list = ("name", "payload_url", "enabled")
     column_default_sort = ("name", False)
@@ -190,8 +188,14 @@ class WebhookView(AdminViewMixin, ModelView):
     column_formatters = {
         "name": _name_cell,
         "models": _formatter(lambda h: badges(h.models or [], "info")),
-        "events": _formatter(lambda h: badges(h.events, "light")),
-        "event_types": _formatter(lambda h: badges(h.event_types or [], "primary")),
+        # Model events and app event types share one column.
+        "events": _formatter(
+            lambda h: (
+                badges(h.events, "light")
+                + Markup(" ")
+                + badges(h.event_types or [], "primary")
+            )
+        ),
         "payload_url": _formatter(_url_cell),
         "enabled": _formatter(_enabled_cell),
         "health": _formatter(_health_cell),
@@ -394,7 +398,7 @@ class WebhookView(AdminViewMixin, ModelView):
         if not rows:
             return None
         with state.engine().begin() as conn:
-            state.outbox.write(conn, rows)
+            state.outbox.write_numbered(conn, rows)
         pending = [r["id"] for r in rows if r["status"] == m.PENDING]
         if pending:
             state.enqueue(pending)

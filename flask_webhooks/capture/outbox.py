@@ -63,7 +63,10 @@ def test_delivery_row(
     The body is rendered like any other delivery's (the webhook's body
     template, or the default JSON payload), so the test goes through the
     normal pipeline: queue, signing, transport, attempt log. A body template
-    that fails gives a ``failed`` row with the error, as at capture.
+    that fails gives a ``failed`` row with the error, as at capture. Write it
+    with :meth:`~flask_webhooks.capture.writer.OutboxWriter.write_numbered`,
+    which gives it a sequence number. It is part of no object's order
+    (``object_id`` is empty).
     """
     now = m.utcnow()
     request_id = str(uuid.uuid4())
@@ -92,6 +95,7 @@ def test_delivery_row(
         "object_id": "",
         "request_id": request_id,
         "username": username[:255] if username else None,
+        "sequence": None,
         "status": m.PENDING,
         "attempts": 0,
         "next_attempt_at": now,
@@ -176,15 +180,20 @@ class Chunk:
     ``rows``: complete delivery rows (conditions, templates, failures, and
     events of a single plain webhook). ``staged``: one row per event for the
     ``webhooks_outbox_event`` table, ``(seq, grp, id_prefix, event, model,
-    object_id, request_id, username, body)``, to be copied into one delivery
-    row per webhook of its group; ``groups``: the group number of each tuple
-    of plain webhooks.
+    object_id, request_id, username, sequence, body)``, to be copied into
+    one delivery row per webhook of its group; ``groups``: the group number
+    of each tuple of plain webhooks.
+
+    ``sequence`` in rows and staged rows is the event's number within the
+    chunk (0 to ``events - 1``): the writer replaces it with the event's
+    sequence number, drawn when the chunk is written (commit order).
     """
 
     rows: list[dict[str, t.Any]]
     staged: list[tuple[t.Any, ...]]
     groups: dict[tuple[Hook, ...], int]
     now: dt.datetime
+    events: int = 0
 
 
 def build_chunks(
@@ -265,8 +274,17 @@ def _build_event(
                 reg.name,
             )
             data, error = None, f"serialization failed: {type(e).__name__}: {e}"
-    # What every delivery row of this event shares.
-    shared = (event, reg.name, _object_id(entry.insp), request_id, db_username)
+    # What every delivery row of this event shares; the last item numbers
+    # the event in the chunk (see Chunk).
+    shared = (
+        event,
+        reg.name,
+        _object_id(entry.insp),
+        request_id,
+        db_username,
+        chunk.events,
+    )
+    chunk.events += 1
     if error is not None:
         _fail(chunk, index.matching(reg.name, event), shared, error)
         return
@@ -305,7 +323,15 @@ def _build_app_event(
     object_id = entry.object_id
     if object_id is None:
         object_id = "" if reg is None else _instance_id(entry.data)
-    shared = (name, model or "", scrub(object_id)[:255], request_id, db_username)
+    shared = (
+        name,
+        model or "",
+        scrub(object_id)[:255],
+        request_id,
+        db_username,
+        chunk.events,
+    )
+    chunk.events += 1
     schema = entry.event_type.schema
     try:
         if schema is not None:
@@ -348,7 +374,9 @@ def _instance_id(obj: t.Any) -> str:
     return ",".join(str(v) for v in values)
 
 
-_Shared = tuple[str, str, str, str | None, str | None]
+#: What every row of one event shares: event, model, object id, request id,
+#: username and the event's number in its chunk (None: not numbered).
+_Shared = tuple[str, str, str, str | None, str | None, int | None]
 
 
 def _fail(chunk: Chunk, hooks: t.Iterable[Hook], shared: _Shared, error: str) -> None:
@@ -424,7 +452,7 @@ def _row(
     payload: str | None = None,
     error: str | None = None,
 ) -> dict[str, t.Any]:
-    event, model, object_id, request_id, username = shared
+    event, model, object_id, request_id, username, sequence = shared
     return {
         "id": new_uuid(),
         "webhook_id": hook.id,
@@ -434,6 +462,7 @@ def _row(
         "object_id": object_id,
         "request_id": request_id,
         "username": username,
+        "sequence": sequence,
         "status": status,
         "attempts": 0,
         "created_at": now,
@@ -473,7 +502,7 @@ def failed_rows(
                 object_id = _object_id(final.entry.insp)
             except Exception:
                 object_id = ""
-        shared = (event, model, object_id, request_id, name)
+        shared = (event, model, object_id, request_id, name, None)
         for hook in index.matching(key, event):
             rows.append(_row(shared, hook, m.FAILED, now, error=error))
     return rows

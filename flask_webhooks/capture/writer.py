@@ -21,6 +21,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .numbering import Numbering
 from .outbox import Chunk
 from .outbox import new_uuid
 
@@ -45,8 +46,11 @@ _STAGED_COLUMNS = (
     "object_id",
     "request_id",
     "username",
+    "sequence",
     "body",
 )
+#: Index of ``sequence`` in a staged row (:class:`.outbox.Chunk`, without ``batch``).
+_STAGED_SEQUENCE = _STAGED_COLUMNS.index("sequence") - 1
 
 
 class OutboxWriter:
@@ -59,13 +63,25 @@ class OutboxWriter:
     id is the event's random UUID prefix plus the webhook's number, so the
     ids are known without reading them back. Without the table (an app that
     upgraded without creating it) every delivery is a row built in Python.
+
+    :param numbering: draws the events' sequence numbers; default: the
+        ``webhooks_counter`` table of ``table``'s metadata (no sequence).
     """
 
-    def __init__(self, table: sa.Table, events: sa.Table | None = None) -> None:
+    def __init__(
+        self,
+        table: sa.Table,
+        events: sa.Table | None = None,
+        numbering: Numbering | None = None,
+    ) -> None:
         self.table = table
         self.events = (
             events if events is not None else table.metadata.tables.get(EVENTS_TABLE)
         )
+        if numbering is None:
+            counter = table.metadata.tables.get(m.CounterBase.__tablename__)
+            numbering = Numbering(counter, None)
+        self.numbering = numbering
         self._compiled: dict[t.Any, tuple[str, list[str], bool, dict[str, t.Any]]] = {}
         self._lock = threading.Lock()
         self._fanout_ok: dict[t.Any, bool] = {}
@@ -73,12 +89,22 @@ class OutboxWriter:
         self._staging_sql: dict[t.Any, tuple[str, list[int] | None]] = {}
 
     def _plan(
-        self, dialect: sa.Dialect, given: frozenset[str]
+        self,
+        dialect: sa.Dialect,
+        given: frozenset[str],
+        numbered: sa.ColumnElement[int] | None = None,
     ) -> tuple[str, list[str], bool, dict[str, t.Any]]:
         """SQL, parameter order, positional?, and fill-in values for columns
         the rows do not give (their scalar default; nullable columns without
-        any default are left out, the database makes them NULL)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle, given)
+        any default are left out, the database makes them NULL). With
+        ``numbered``, the database computes ``sequence`` with it."""
+        key = (
+            dialect.name,
+            dialect.driver,
+            dialect.paramstyle,
+            given,
+            numbered is None,
+        )
         found = self._compiled.get(key)
         if found is not None:
             return found
@@ -86,6 +112,8 @@ class OutboxWriter:
         fill: dict[str, t.Any] = {}
         for column in self.table.columns:
             default = column.default
+            if numbered is not None and column.key == "sequence":
+                continue
             if column.key in given:
                 columns.append(column.key)
             elif default is not None and getattr(default, "is_scalar", False):
@@ -100,7 +128,10 @@ class OutboxWriter:
                 raise RuntimeError(
                     f"outbox rows must give {column.key!r} (it has a callable default)"
                 )
-        compiled = sa.insert(self.table).compile(dialect=dialect, column_keys=columns)
+        insert = sa.insert(self.table)
+        if numbered is not None:
+            insert = insert.values(sequence=numbered)
+        compiled = insert.compile(dialect=dialect, column_keys=columns)
         positional = bool(compiled.positional)
         order = list(compiled.positiontup or ()) if positional else columns
         found = (str(compiled), order, positional, fill)
@@ -108,15 +139,23 @@ class OutboxWriter:
             self._compiled[key] = found
         return found
 
-    def write(self, conn: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+    def write(
+        self,
+        conn: sa.Connection,
+        rows: list[dict[str, t.Any]],
+        *,
+        numbered: sa.ColumnElement[int] | None = None,
+    ) -> None:
         """Insert ``rows`` (dicts keyed by column) in ``conn``'s transaction.
 
-        Every row must have the same keys.
+        Every row must have the same keys. With ``numbered`` (see
+        :meth:`.Numbering.inline`) each row's ``sequence`` is computed by
+        the database instead of taken from the row.
         """
         if not rows:
             return
         dialect = conn.dialect
-        sql, order, positional, fill = self._plan(dialect, frozenset(rows[0]))
+        sql, order, positional, fill = self._plan(dialect, frozenset(rows[0]), numbered)
         columns = self.table.c
         processors = {
             key: proc
@@ -153,6 +192,14 @@ class OutboxWriter:
                         values[key] = proc(value)
                 prepared.append(pick(values) if pick is not None else values)
         conn.exec_driver_sql(sql, prepared)
+
+    def write_numbered(self, conn: sa.Connection, rows: list[dict[str, t.Any]]) -> None:
+        """Give each row (an event of its own, such as a ``test`` delivery)
+        the next sequence number, then :meth:`write` them."""
+        numbers = self.numbering.draw(conn, len(rows))
+        for row, number in zip(rows, numbers, strict=True):
+            row["sequence"] = number
+        self.write(conn, rows)
 
     # -- fan-out in SQL --------------------------------------------------------
 
@@ -195,18 +242,41 @@ class OutboxWriter:
         the webhook id of each (in the same order)."""
         ids: list[str] = []
         keys: list[t.Any] = []
+        inline = self.numbering.inline(conn)
         for chunk in chunks:
             rows = chunk.rows
+            # The chunk numbers its events 0..events-1; now, after the last
+            # flush, they get their place in commit order: in the INSERT
+            # itself when every row (or staged row) is an event of its own,
+            # else drawn first.
+            numbered = inline
+            if numbered is not None and (
+                (rows and chunk.staged)
+                or len({r["sequence"] for r in rows}) != len(rows)
+            ):
+                numbered = None
+            if numbered is None:
+                numbers = self.numbering.draw(conn, chunk.events)
+                for r in rows:
+                    r["sequence"] = numbers[r["sequence"]]
+                if chunk.staged:
+                    i = _STAGED_SEQUENCE
+                    chunk.staged = [
+                        (*row[:i], numbers[row[i]], *row[i + 1 :])
+                        for row in chunk.staged
+                    ]
             if rows:
                 # In key order, as the fan-out's copies (see _fan_out); the
                 # ids are enqueued in event order.
-                self.write(conn, sorted(rows, key=operator.itemgetter("id")))
+                self.write(
+                    conn, sorted(rows, key=operator.itemgetter("id")), numbered=numbered
+                )
                 for r in rows:
                     if r["status"] == m.PENDING:
                         ids.append(r["id"])
                         keys.append(r["webhook_id"])
             if chunk.staged:
-                self._fan_out(conn, chunk, ids, keys)
+                self._fan_out(conn, chunk, ids, keys, numbered)
         return ids, keys
 
     def _fan_out(
@@ -215,6 +285,7 @@ class OutboxWriter:
         chunk: Chunk,
         ids: list[str],
         keys: list[t.Any],
+        numbered: sa.ColumnElement[int] | None = None,
     ) -> None:
         dialect = conn.dialect
         batch = new_uuid()
@@ -226,7 +297,7 @@ class OutboxWriter:
             (seq, *row[1:])
             for seq, row in enumerate(sorted(staged, key=operator.itemgetter(2)))
         )
-        sql, order = self._staging_statement(dialect)
+        sql, order = self._staging_statement(dialect, numbered)
         if order is None:
             params: list[t.Any] = [
                 dict(zip(_STAGED_COLUMNS, (batch, *row), strict=True))
@@ -268,16 +339,22 @@ class OutboxWriter:
             keys.extend([hook.id] * len(new))
         conn.execute(delete, {"batch": batch})
 
-    def _staging_statement(self, dialect: sa.Dialect) -> tuple[str, list[int] | None]:
+    def _staging_statement(
+        self, dialect: sa.Dialect, numbered: sa.ColumnElement[int] | None = None
+    ) -> tuple[str, list[int] | None]:
         """The staging INSERT for the driver, and the parameter order when
-        positional (indexes into :data:`_STAGED_COLUMNS`)."""
-        key = (dialect.name, dialect.driver, dialect.paramstyle)
+        positional (indexes into :data:`_STAGED_COLUMNS`). With ``numbered``
+        the database computes ``sequence``."""
+        key = (dialect.name, dialect.driver, dialect.paramstyle, numbered is None)
         found = self._staging_sql.get(key)
         if found is None:
             assert self.events is not None
-            compiled = sa.insert(self.events).compile(
-                dialect=dialect, column_keys=list(_STAGED_COLUMNS)
-            )
+            insert = sa.insert(self.events)
+            columns = list(_STAGED_COLUMNS)
+            if numbered is not None:
+                insert = insert.values(sequence=numbered)
+                columns.remove("sequence")
+            compiled = insert.compile(dialect=dialect, column_keys=columns)
             order = None
             if compiled.positional:
                 order = [_STAGED_COLUMNS.index(k) for k in compiled.positiontup or ()]
@@ -303,6 +380,7 @@ class OutboxWriter:
             "object_id": E.c.object_id,
             "request_id": E.c.request_id,
             "username": E.c.username,
+            "sequence": E.c.sequence,
             "status": sa.literal(m.PENDING, D.status.type),
             "attempts": sa.literal(0, D.attempts.type),
             "next_attempt_at": now,

@@ -9,6 +9,7 @@ import click
 import sqlalchemy as sa
 
 from .. import models as m
+from ..delivery.order import newer_delivered
 from ..delivery.recovery import requeue
 from ..delivery.recovery import sweep
 from ..state import get_state
@@ -69,6 +70,7 @@ def deliveries_command(
                         "event": d.event,
                         "model": d.model,
                         "object_id": d.object_id,
+                        "sequence": d.sequence,
                         "status": d.status,
                         "attempts": d.attempts,
                         "next_attempt_at": d.next_attempt_at.isoformat()
@@ -95,6 +97,7 @@ def deliveries_command(
                 "WEBHOOK",
                 "EVENT",
                 "OBJECT",
+                "SEQ",
                 "STATUS",
                 "TRIES",
                 "RESULT",
@@ -106,6 +109,7 @@ def deliveries_command(
                     d.webhook_name,
                     d.event,
                     ":".join(p for p in (d.model, d.object_id) if p) or "-",
+                    d.sequence,
                     d.status
                     + (
                         f" (next {_when(d.next_attempt_at)})"
@@ -183,10 +187,12 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_ref: str | None) -
     session.rollback()  # end the read transaction before writing elsewhere
     todo = [i for i in wanted if i in found]
     changed: list[str] = []
+    stale: set[str] = set()
     with _progress(len(todo), "Retrying") as bar:
         for start in range(0, len(todo), RETRY_CHUNK):
             chunk = todo[start : start + RETRY_CHUNK]
             requeued = requeue(state, chunk)
+            stale.update(newer_delivered(state, requeued))
             state.enqueue(requeued)
             changed.extend(requeued)
             bar.update(len(chunk))
@@ -195,6 +201,12 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_ref: str | None) -
         note = _queue_note(state)
         if note:
             click.echo(note)
+    for delivery_id in (i for i in changed if i in stale):
+        click.echo(
+            f"note: {delivery_id} is older than what the receiver already has (a "
+            "later event of the same object was delivered); it keeps its sequence "
+            "number, so a receiver that checks X-Webhook-Sequence ignores it"
+        )
     done = set(changed)
     problems = []
     for delivery_id in wanted:
@@ -235,7 +247,7 @@ def sweep_command() -> None:
 @click.option(
     "--status",
     "statuses",
-    type=click.Choice((m.SUCCEEDED, m.FAILED, m.CANCELLED)),
+    type=click.Choice(m.FINAL_STATUSES),
     multiple=True,
     default=(m.SUCCEEDED,),
     show_default=True,

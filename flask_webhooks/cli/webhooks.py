@@ -130,7 +130,7 @@ def _create_test_delivery(state: WebhooksState, hook: t.Any) -> str:
     # Hold no read transaction while another connection writes (SQLite locks).
     state.db.session.close()
     with state.engine().begin() as conn:
-        state.outbox.write(conn, [row])
+        state.outbox.write_numbered(conn, [row])
     return str(row["id"])
 
 

@@ -176,6 +176,8 @@ def build_request(
     headers.update(render_headers(hook, context, limits=limits))
     headers["X-Webhook-ID"] = row.id
     headers["X-Webhook-Attempt"] = str(attempt)
+    if row.sequence is not None:
+        headers["X-Webhook-Sequence"] = str(row.sequence)
     # Signatures are set last: they win over additional headers.
     unix = int(time.time()) if timestamp is None else timestamp
     # During a secret rotation the old secret signs too (see rotation.py).

@@ -17,6 +17,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .order import in_order
 from .poison import count_claims
 from .poison import DEFAULT_MAX_CLAIMS
 
@@ -46,6 +47,7 @@ def _claim_columns(
         c.body,
         c.payload,
         c.content_type,
+        c.sequence,
     ]
     if webhooks is not None:
         # The webhook's version, so a cached copy of the webhook can be used
@@ -61,7 +63,10 @@ def _claim_columns(
 
 @functools.lru_cache(maxsize=32)
 def _claim_statements(
-    table: sa.Table, webhooks: sa.Table | None, no_flush_wait: bool = False
+    table: sa.Table,
+    webhooks: sa.Table | None,
+    no_flush_wait: bool = False,
+    ordered: bool = False,
 ) -> tuple[t.Any, t.Any, t.Any]:
     """The claim ``UPDATE`` (plain and with ``RETURNING``) and the read-back
     ``SELECT``, built once per table.
@@ -100,6 +105,9 @@ def _claim_statements(
         )
     )
     stmt = count_claims(stmt, table)
+    if ordered:
+        # Per-object order: not while an earlier delivery of the object is open.
+        stmt = stmt.where(in_order(table))
     if no_flush_wait:
         # PostgreSQL: the (autocommitted) statement's own transaction commits
         # without waiting for the WAL flush; see _claiming.
@@ -146,6 +154,7 @@ def claim_many(
     *,
     no_flush_wait: bool = False,
     max_claims: int = DEFAULT_MAX_CLAIMS,
+    ordered: bool = False,
 ) -> list[sa.Row[t.Any]]:
     """Atomically take the due ones of ``delivery_ids`` for one attempt each.
 
@@ -160,10 +169,12 @@ def claim_many(
     ``no_flush_wait`` (PostgreSQL, autocommit connections only) lets the
     statement's transaction commit without waiting for the disk. Rows
     already claimed ``max_claims`` times without a recorded result are
-    skipped (poison, see :mod:`.poison`).
+    skipped (poison, see :mod:`.poison`). With ``ordered`` a row is also
+    left out while an earlier delivery of its object is open (see
+    :mod:`.order`).
     """
     update, update_returning, read_back = _claim_statements(
-        table, webhooks, no_flush_wait
+        table, webhooks, no_flush_wait, ordered
     )
     params = {
         "b_ids": list(delivery_ids),
@@ -186,12 +197,15 @@ def claim(
     delivery_id: str,
     now: dt.datetime,
     lease: float,
+    *,
+    ordered: bool = True,
 ) -> sa.Row[t.Any] | None:
     """Atomically take one delivery for one attempt (see :func:`claim_many`).
 
-    Returns the claimed row, or None if someone else has it or it is not due.
+    Returns the claimed row, or None if someone else has it, it is not due
+    or (``ordered``) an earlier delivery of its object is open.
     """
-    rows = claim_many(conn, table, [delivery_id], now, lease)
+    rows = claim_many(conn, table, [delivery_id], now, lease, ordered=ordered)
     return rows[0] if rows else None
 
 

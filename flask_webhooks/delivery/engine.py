@@ -38,6 +38,7 @@ from .claim import claimed_webhooks
 from .claim import claiming
 from .claim import lease_seconds
 from .claim import renew
+from .order import mark_blockers
 from .poison import record_safely
 from .results import Attempt
 from .results import Outcome
@@ -100,7 +101,9 @@ def deliver_batch(
     start = now or m.utcnow()
     lease = lease_seconds(cfg) * (2 if len(ids) > 1 else 1)
     engine = state.engine()
+    ordered = cfg.ordered
     with claiming(engine) as conn:
+        no_flush_wait = conn.dialect.name == "postgresql"
         rows = claim_many(
             conn,
             D,
@@ -108,15 +111,35 @@ def deliver_batch(
             start,
             lease,
             W,
-            no_flush_wait=conn.dialect.name == "postgresql",
+            no_flush_wait=no_flush_wait,
             max_claims=cfg.max_claims,
+            ordered=ordered,
         )
+        if ordered and len(rows) < len(ids):
+            # Some may wait for an earlier delivery of their object: flag
+            # those in the way so they release them, then claim again in
+            # case one finished in between (see order.py).
+            got = {r.id for r in rows}
+            rest = [i for i in ids if i not in got]
+            mark_blockers(conn, D, rest)
+            rows += claim_many(
+                conn,
+                D,
+                rest,
+                start,
+                lease,
+                W,
+                no_flush_wait=no_flush_wait,
+                max_claims=cfg.max_claims,
+                ordered=True,
+            )
         hooks = claimed_webhooks(state, conn, W, rows)
     outcomes = {i: Outcome(i, claimed=False) for i in ids}
-    by_id = {r.id: r for r in rows}
-    queue = [by_id[i] for i in ids if i in by_id]
+    # In commit order (a batch never holds two claimed deliveries of one
+    # object when ordered; without order, the earlier one goes first).
+    queue = sorted(rows, key=_by_sequence)
     lease_until = start + dt.timedelta(seconds=lease)
-    ours = set(by_id)
+    ours = {r.id for r in rows}
     waiting: list[Attempt] = []
     last_write = time.monotonic()
     for position, row in enumerate(queue):
@@ -157,3 +180,7 @@ def deliver_batch(
         for outcome in record_safely(state, waiting):
             outcomes[outcome.delivery_id] = outcome
     return [outcomes[i] for i in ids]
+
+
+def _by_sequence(row: t.Any) -> tuple[bool, int]:
+    return (row.sequence is None, row.sequence or 0)

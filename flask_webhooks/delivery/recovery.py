@@ -18,6 +18,7 @@ import typing as t
 import sqlalchemy as sa
 
 from .. import models as m
+from .order import in_order
 from .poison import fail_poisoned
 
 if t.TYPE_CHECKING:
@@ -60,6 +61,10 @@ def due_rows(
     ``next_attempt_at`` has come, ``delivering`` rows whose lease expired
     (their worker died).
 
+    With ``WEBHOOKS_ORDERING = "object"``, rows that an earlier open
+    delivery of their object holds back are left out: the earlier one
+    releases them when it finishes.
+
     :param older_than: only rows due for at least this many seconds.
     """
     D = state.models.Delivery.__table__
@@ -71,6 +76,7 @@ def due_rows(
             sa.and_(
                 c.status.in_(_CLAIMABLE),
                 sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
+                *_heads_only(state, D),
             ),
             _expired_lease(D, now),
         )
@@ -80,6 +86,11 @@ def due_rows(
             (r.id, r.webhook_id)
             for r in conn.execute(stmt.order_by(c.next_attempt_at, c.created_at))
         ]
+
+
+def _heads_only(state: WebhooksState, table: sa.Table) -> list[t.Any]:
+    """The condition that keeps blocked rows out of a sweep, if ordered."""
+    return [in_order(table)] if state.config.ordered else []
 
 
 def _waiting_tasks(state: WebhooksState) -> int:
@@ -109,9 +120,11 @@ def sweep(
     RETURNING``, and marked rows are skipped until the mark expires, so
     several sweepers and repeated sweeps over a large backlog enqueue each
     row once per ``hold``. If the enqueue fails (queue down) the marks are
-    removed again. While the queue holds at least as many tasks as there are
-    due rows, the periodic sweep takes them for a backlog still draining and
-    enqueues only rows whose worker died (expired leases).
+    removed again. Rows an earlier open delivery of their object holds back
+    are left to its release (``WEBHOOKS_ORDERING = "object"``). While the
+    queue holds at least as many tasks as there are due rows, the periodic
+    sweep takes them for a backlog still draining and enqueues only rows
+    whose worker died (expired leases).
 
     Deliveries claimed ``WEBHOOKS_MAX_CLAIMS`` times without a recorded
     result are ended as ``failed`` first (:func:`.poison.fail_poisoned`).
@@ -133,6 +146,7 @@ def sweep(
         c.status.in_(_CLAIMABLE),
         sa.or_(c.next_attempt_at.is_(None), c.next_attempt_at <= cutoff),
         sa.or_(c.leased_until.is_(None), c.leased_until < now),
+        *_heads_only(state, D),
     )
     engine = state.engine()
     waiting = _waiting_tasks(state)

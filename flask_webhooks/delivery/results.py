@@ -27,6 +27,7 @@ from ..sanitize import scrub
 from ..sanitize import scrub_optional
 from ..transport.message import HTTPRequest
 from ..transport.message import HTTPResult
+from .order import release
 
 if t.TYPE_CHECKING:
     from ..state import WebhooksState
@@ -133,10 +134,15 @@ def _still_ours(table: sa.Table) -> sa.Update:
 
 
 @functools.lru_cache(maxsize=32)
-def _result_statement(table: sa.Table) -> t.Any:
-    """The result ``UPDATE``."""
-    return _still_ours(table).values(
-        {name: sa.bindparam(f"v_{name}") for name in _RESULT_COLUMNS}
+def _result_statement(table: sa.Table, waited: bool = False) -> t.Any:
+    """The result ``UPDATE``: by default only of rows no later delivery of
+    the object waits for (``has_waiters`` clear); with ``waited``, of the
+    others (see order.py)."""
+    waiters = table.c.has_waiters
+    return (
+        _still_ours(table)
+        .where(waiters if waited else sa.not_(waiters))
+        .values({name: sa.bindparam(f"v_{name}") for name in _RESULT_COLUMNS})
     )
 
 
@@ -170,9 +176,10 @@ def record(state: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]
     sent = [a for a in attempts if a.sent]
     history = [_history_row(a) for a in sent]
     owned: dict[str, bool] = {}
+    waited: set[str] = set()
     with state.engine().begin() as conn:
         if sent:
-            owned.update(_write_results(conn, D, sent))
+            owned.update(_write_results(conn, D, sent, waited))
         for a in attempts:
             if not a.sent:
                 owned[a.delivery_id] = (
@@ -243,6 +250,24 @@ def record(state: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]
         outcomes.append(
             Outcome(a.delivery_id, True, a.status, a.retry_in, a.result, reason)
         )
+    # Finished deliveries that later ones wait for (or that ended unsent)
+    # let the next delivery of their object go now.
+    done = [
+        a.delivery_id
+        for a in attempts
+        if owned[a.delivery_id]
+        and a.status in FINAL
+        and (a.delivery_id in waited or not a.sent)
+    ]
+    if done:
+        try:
+            release(state, done)
+        except Exception:
+            logger.exception(
+                "flask-webhooks: releasing the deliveries waiting for %s failed; "
+                "sweep() will enqueue them",
+                ", ".join(done),
+            )
     return outcomes
 
 
@@ -296,20 +321,25 @@ def _history_row(a: Attempt) -> dict[str, t.Any]:
 
 
 def _write_results(
-    conn: sa.Connection, D: sa.Table, sent: list[Attempt]
+    conn: sa.Connection, D: sa.Table, sent: list[Attempt], waited: set[str]
 ) -> dict[str, bool]:
     """Write the delivery rows of ``sent`` (one executemany); say which were
-    still ours, by delivery id."""
-    done = conn.execute(_result_statement(D), [_result_params(a) for a in sent])
+    still ours, by delivery id. Adds to ``waited`` the ids of the rows a
+    later delivery of their object waits for."""
+    params = [_result_params(a) for a in sent]
+    done = conn.execute(_result_statement(D), params)
     if done.rowcount == len(sent):
         return {a.delivery_id: True for a in sent}
-    # Some row was taken over by another worker (our lease ran out): the rows
-    # we wrote carry exactly our values.
+    # Rows a later delivery waits for: the same write (the rows written
+    # above are no longer ``delivering``, so they do not match again).
+    conn.execute(_result_statement(D, waited=True), params)
+    # Some row may also have been taken over by another worker (our lease
+    # ran out): the rows we wrote carry exactly our values.
     c = D.c
     found = {
         r.id: r
         for r in conn.execute(
-            sa.select(c.id, c.status, c.attempts, c.updated_at).where(
+            sa.select(c.id, c.status, c.attempts, c.updated_at, c.has_waiters).where(
                 c.id.in_([a.delivery_id for a in sent])
             )
         )
@@ -317,12 +347,14 @@ def _write_results(
     owned: dict[str, bool] = {}
     for a in sent:
         r = found.get(a.delivery_id)
-        owned[a.delivery_id] = (
+        owned[a.delivery_id] = mine = (
             r is not None
             and r.status == a.status
             and r.attempts == a.number
             and r.updated_at == a.finished_at
         )
+        if mine and r is not None and r.has_waiters:
+            waited.add(a.delivery_id)
     return owned
 
 

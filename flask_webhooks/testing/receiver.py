@@ -103,6 +103,13 @@ class ReceivedRequest:
         value = self.header("X-Webhook-Attempt")
         return int(value) if value else None
 
+    @property
+    def sequence(self) -> int | None:
+        """The ``X-Webhook-Sequence`` header as a number: the event's place
+        in commit order (larger is later for one object)."""
+        value = self.header("X-Webhook-Sequence")
+        return int(value) if value else None
+
     def json(self) -> t.Any:
         """The body parsed as JSON."""
         return json.loads(self.body)

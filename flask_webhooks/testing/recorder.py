@@ -55,6 +55,9 @@ class CapturedRequest:
     body: bytes
     #: The status the recorder answered with.
     status_code: int | None
+    #: The event's sequence number (``X-Webhook-Sequence``): larger for a
+    #: later commit of the same object, the same on every attempt.
+    sequence: int | None = None
 
     def json(self) -> t.Any:
         """The body parsed as JSON (the payload for the default body)."""
@@ -220,6 +223,9 @@ class DeliveryRecorder:
             headers=dict(request.headers),
             body=request.body,
             status_code=answer.status_code,
+            sequence=int(request.headers["X-Webhook-Sequence"])
+            if "X-Webhook-Sequence" in request.headers
+            else None,
         )
         with self._lock:
             self.requests.append(captured)
