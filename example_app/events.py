@@ -3,8 +3,10 @@
 An *app event* (``webhooks.event_type`` / ``webhooks.publish``): published
 when a site's status becomes Retired, NetBox's status for a decommissioned
 site, wherever that happens (the admin, the JSON API, code). It is published
-from a ``before_flush`` hook, so it joins the transaction that retires the
-site: it is sent after that commit, and never if the change is rolled back.
+from an ``after_flush`` hook, so it joins the transaction that retires the
+site (sent after that commit, never if the change is rolled back) and comes
+after the site's ``updated`` event in that object's order: the flush
+journals the update first.
 
 The demo webhook subscribes to it (``seed.py``); the demo receiver shows it
 next to the model events, with ``"model": "site"`` because the published
@@ -58,13 +60,11 @@ def install() -> None:
         description="A site was decommissioned: its status became Retired.",
         schema=SiteDecommissionedSchema,
     )
-    if not sa.event.contains(db.session, "before_flush", _publish_decommissioned):
-        sa.event.listen(db.session, "before_flush", _publish_decommissioned)
+    if not sa.event.contains(db.session, "after_flush", _publish_decommissioned):
+        sa.event.listen(db.session, "after_flush", _publish_decommissioned)
 
 
-def _publish_decommissioned(
-    session: Session, flush_context: t.Any, instances: t.Any
-) -> None:
+def _publish_decommissioned(session: Session, flush_context: t.Any) -> None:
     if not has_app_context() or "webhooks" not in current_app.extensions:
         return
     for obj in session.dirty:

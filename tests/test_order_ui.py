@@ -115,7 +115,7 @@ def test_admin_shows_the_sequence_and_superseded(
     )
     db.session.commit()
     listing = browser.page("/admin/webhooks/deliveries/")
-    assert ">Sequence</a>" in listing
+    assert ">Seq.</a>" in listing
     assert f">{created[1]}</td>" in listing.replace(" ", "").replace("\n", "")
     assert 'wh-status-superseded">superseded</span>' in listing
     assert '["superseded", "superseded"]' in listing  # a status filter option
