@@ -50,9 +50,12 @@ logger = logging.getLogger(__name__)
 
 #: Ids per ``IN (...)`` list.
 CHUNK = 500
-#: Released deliveries of one webhook per batch task (see
-#: :func:`enqueue_released`); at least the enqueue's batch threshold.
+#: Released deliveries of one webhook per batch task, at least (see
+#: :func:`enqueue_released`): the enqueue's batch threshold.
 RELEASE_BATCH = 10
+#: A large release is cut into this many batch tasks, so that several
+#: worker threads share it.
+RELEASE_SPLIT = 4
 _WAITING = (m.PENDING, m.RETRYING)
 
 
@@ -90,9 +93,53 @@ def in_order(table: sa.Table) -> sa.ColumnElement[bool]:
 
 
 @functools.lru_cache(maxsize=32)
+def _keys_statement(table: sa.Table) -> t.Any:
+    """Order key and sequence of given deliveries, by primary key only.
+
+    Used where the database plans joins without statistics (SQLite without
+    ``ANALYZE``): a join of the given rows with the open ones was planned as
+    a scan of every open delivery (ix_webhooks_delivery_due) per given row,
+    seconds for a backlog of a few thousand.
+    """
+    c = table.c
+    return sa.select(c.webhook_id, c.model, c.object_id, c.sequence).where(
+        c.id.in_(sa.bindparam("b_ids", expanding=True)), c.object_id != ""
+    )
+
+
+def _one_object(c: t.Any) -> sa.ColumnElement[bool]:
+    """``c`` has the order key given by the ``k_*`` parameters."""
+    return sa.and_(
+        c.webhook_id == sa.bindparam("k_webhook_id"),
+        c.object_id == sa.bindparam("k_object_id"),
+        c.model.is_not_distinct_from(sa.bindparam("k_model")),
+    )
+
+
+def _keys(
+    conn: sa.Connection, table: sa.Table, ids: list[str], *, lowest: bool
+) -> list[dict[str, t.Any]]:
+    """The order keys of ``ids`` with, per key, their highest (or lowest)
+    sequence, as ``k_*`` parameters."""
+    found: dict[tuple[t.Any, ...], int] = {}
+    for row in conn.execute(_keys_statement(table), {"b_ids": ids}):
+        if row.webhook_id is None or row.sequence is None:
+            continue
+        key = (row.webhook_id, row.model, row.object_id)
+        seen = found.get(key)
+        if seen is None or (row.sequence < seen if lowest else row.sequence > seen):
+            found[key] = row.sequence
+    return [
+        {"k_webhook_id": w, "k_model": model, "k_object_id": o, "k_sequence": seq}
+        for (w, model, o), seq in found.items()
+    ]
+
+
+@functools.lru_cache(maxsize=32)
 def _mark_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
     """The open deliveries in the way of some waiting ones (``SELECT``), the
-    flag of one of them, and the flag of all of them (one ``UPDATE``)."""
+    flag of one of them, and the flag of those in the way of one waiting
+    key (``k_*`` parameters)."""
     waiting = table.alias("waiting")
     blocker = table.alias("blocker")
     w, b, c = waiting.c, blocker.c, table.c
@@ -112,7 +159,13 @@ def _mark_statements(table: sa.Table) -> tuple[t.Any, t.Any, t.Any]:
     one = flag.where(
         c.id == sa.bindparam("b_id"), is_open(c.status), sa.not_(c.has_waiters)
     )
-    return blockers, one, flag.where(c.id.in_(blockers))
+    per_key = flag.where(
+        _one_object(c),
+        c.sequence < sa.bindparam("k_sequence"),
+        is_open(c.status),
+        sa.not_(c.has_waiters),
+    )
+    return blockers, one, per_key
 
 
 def mark_blockers(conn: sa.Connection, table: sa.Table, ids: t.Sequence[str]) -> int:
@@ -130,10 +183,11 @@ def mark_blockers(conn: sa.Connection, table: sa.Table, ids: t.Sequence[str]) ->
     """
     if not ids:
         return 0
-    blockers, one, every = _mark_statements(table)
+    blockers, one, per_key = _mark_statements(table)
     params = {"b_ids": list(ids)}
     if conn.dialect.name != "postgresql":
-        return int(conn.execute(every, params).rowcount)
+        keys = _keys(conn, table, list(ids), lowest=False)
+        return int(conn.execute(per_key, keys).rowcount) if keys else 0
     found = list(dict.fromkeys(conn.execute(blockers, params).scalars()))
     return sum(int(conn.execute(one, {"b_id": i}).rowcount) for i in found)
 
@@ -169,6 +223,45 @@ def _chains_statement(table: sa.Table, webhooks: sa.Table) -> t.Any:
             is_open(c.status),
         )
     )
+
+
+@functools.lru_cache(maxsize=32)
+def _one_chain_statement(table: sa.Table, webhooks: sa.Table) -> t.Any:
+    """The open deliveries of one order key (``k_*`` parameters)."""
+    c, w = table.c, webhooks.c
+    return sa.select(
+        c.id,
+        c.webhook_id,
+        c.model,
+        c.object_id,
+        c.sequence,
+        c.event,
+        c.status,
+        c.next_attempt_at,
+        sa.bindparam("k_sequence", type_=sa.BigInteger).label("after"),
+        sa.select(w.collapse_updates)
+        .where(w.id == c.webhook_id)
+        .scalar_subquery()
+        .label("collapse"),
+    ).where(_one_object(c), is_open(c.status))
+
+
+def _chain_rows(
+    conn: sa.Connection,
+    table: sa.Table,
+    statement: t.Any,
+    one_chain: t.Any,
+    ids: list[str],
+) -> list[t.Any]:
+    """The rows of :func:`_chains_statement` for ``ids``: that one join on
+    PostgreSQL; elsewhere the keys by primary key, then ``one_chain`` per
+    key (see :func:`_keys_statement`)."""
+    if conn.dialect.name == "postgresql":
+        return list(conn.execute(statement, {"b_ids": ids}))
+    found: list[t.Any] = []
+    for key in _keys(conn, table, ids, lowest=True):
+        found.extend(conn.execute(one_chain, key))
+    return found
 
 
 @functools.lru_cache(maxsize=32)
@@ -232,9 +325,12 @@ def release(
     chains: dict[tuple[t.Any, ...], dict[str, t.Any]] = {}
     after: dict[tuple[t.Any, ...], int | None] = {}
     collapse: set[t.Any] = set()
+    one_chain = _one_chain_statement(D, state.models.Webhook.__table__)
     with state.engine().connect() as conn:
         for start in range(0, len(ids), CHUNK):
-            rows = conn.execute(statement, {"b_ids": ids[start : start + CHUNK]})
+            rows = _chain_rows(
+                conn, D, statement, one_chain, ids[start : start + CHUNK]
+            )
             for row in rows:
                 key = (row.webhook_id, row.model, row.object_id)
                 chains.setdefault(key, {})[row.id] = row
@@ -284,10 +380,11 @@ _local = threading.local()
 def enqueue_released(state: WebhooksState, heads: list[tuple[str, t.Any]]) -> None:
     """Enqueue released deliveries (``(id, webhook_id)`` pairs).
 
-    A webhook's released deliveries go as batch tasks of
-    :data:`RELEASE_BATCH` (a wave of many objects' next events: several
-    worker threads share it, each batch claimed and recorded at once), the
-    rest one task each.
+    A webhook's released deliveries (a wave of many objects' next events)
+    go as :data:`RELEASE_SPLIT` batch tasks, each claimed and recorded at
+    once and taken by different worker threads, of at least
+    :data:`RELEASE_BATCH` and at most ``WEBHOOKS_DELIVERY_BATCH_SIZE``
+    deliveries; fewer than :data:`RELEASE_BATCH` go one task each.
 
     With a synchronous queue (``immediate://``, :func:`capture_deliveries`)
     the enqueue sends at once, and that delivery's own release would
@@ -298,11 +395,11 @@ def enqueue_released(state: WebhooksState, heads: list[tuple[str, t.Any]]) -> No
     by_hook: dict[t.Any, list[str]] = {}
     for delivery_id, hook_id in heads:
         by_hook.setdefault(hook_id, []).append(delivery_id)
-    groups = [
-        (ids[i : i + RELEASE_BATCH], hook_id)
-        for hook_id, ids in by_hook.items()
-        for i in range(0, len(ids), RELEASE_BATCH)
-    ]
+    most = max(RELEASE_BATCH, state.config.delivery_batch_size)
+    groups = []
+    for hook_id, ids in by_hook.items():
+        size = min(most, max(RELEASE_BATCH, -(-len(ids) // RELEASE_SPLIT)))
+        groups += [(ids[i : i + size], hook_id) for i in range(0, len(ids), size)]
     waiting: list[tuple[list[str], t.Any]] | None = getattr(_local, "waiting", None)
     if waiting is not None:
         waiting.extend(groups)
