@@ -10,7 +10,7 @@ the first time.
 
 Per-object order is kept: the deliveries are made due in sequence order
 and, with ``WEBHOOKS_ORDERING = "object"``, the claim sends a delivery only
-while no earlier one of its object is open (:mod:`.order`), whatever the
+while no earlier one of its object is open, whatever the
 number of workers.
 """
 
@@ -110,7 +110,7 @@ def select_replay(state: WebhooksState, where: sa.ColumnElement[bool]) -> list[s
 
 def count_replay(state: WebhooksState, where: sa.ColumnElement[bool]) -> dict[str, int]:
     """How many deliveries match ``where``, per status (only statuses with
-    any, in the order of :data:`flask_webhooks.models.STATUSES`)."""
+    any, in the order of ``flask_webhooks.models.STATUSES``)."""
     c = state.models.Delivery.__table__.c
     with state.engine().connect() as conn:
         found = {
