@@ -40,6 +40,8 @@ from .claim import lease_seconds
 from .claim import renew
 from .order import mark_blockers
 from .poison import record_safely
+from .rate import defer
+from .rate import take_slot
 from .results import Attempt
 from .results import Outcome
 
@@ -142,11 +144,32 @@ def deliver_batch(
     ours = {r.id for r in rows}
     waiting: list[Attempt] = []
     last_write = time.monotonic()
+    deferred: set[str] = set()
     for position, row in enumerate(queue):
+        if row.id in deferred:
+            continue
         if row.id not in ours:
             outcomes[row.id] = Outcome(row.id, True, None)
             continue
         hook = hooks.get(row.webhook_id) if row.webhook_id is not None else None
+        rate = hook.rate_limit if hook is not None and hook.enabled else None
+        if rate:
+            slot = take_slot(state, row.webhook_id, rate)
+            if not slot.taken:
+                # No slot soon: this and the rest of the batch for the
+                # webhook wait their turn in the queue (see rate.py).
+                later = [
+                    r.id
+                    for r in queue[position:]
+                    if r.id in ours and r.webhook_id == row.webhook_id
+                ]
+                delays = defer(state, later, lease_until, slot.wait, rate)
+                for i, delay in delays.items():
+                    outcomes[i] = Outcome(i, True, None, retry_in=delay)
+                deferred.update(later)
+                ours -= deferred
+                continue
+            time.sleep(slot.wait)
         attempt_start = now or m.utcnow()
         if hook is not None and hook.enabled:
             need = dt.timedelta(
