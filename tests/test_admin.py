@@ -372,10 +372,12 @@ def test_create_through_the_form_then_a_commit_is_delivered(
             additional_headers="X-Tenant: {{ data.name }}",
             conditions='{"attr": "name", "value": "alpha"}',
             timeout="3.5",
+            rate_limit="12.5",
         ),
     )
     assert response.status_code == 302
     hook = rows.hook("to-receiver")
+    assert hook.rate_limit == 12.5
     assert hook.models == ["site", "device"]
     assert (hook.on_create, hook.on_update, hook.on_delete) == (True, True, False)
     assert hook.secret == SECRET
@@ -412,6 +414,7 @@ def test_validation_errors_are_shown_beside_their_fields(
             signature_scheme="standard",
             new_secret="not-a-standard-secret",
             timeout="900",
+            rate_limit="0",
         ),
     )
     assert response.status_code == 200
@@ -426,6 +429,7 @@ def test_validation_errors_are_shown_beside_their_fields(
     assert "near" in ids["conditions-error"]
     assert "whsec_" in ids["new_secret-error"]
     assert "at most 300" in ids["timeout-error"]
+    assert "greater than 0" in ids["rate_limit-error"]
     # Each message sits inside its own field's group, next to the input.
     for field in ("payload_url", "conditions", "timeout", "name"):
         group = by_id(page)[f"group-{field}"]
