@@ -130,6 +130,14 @@ class WebhookBase:
     #: The rate limiter's state: the Unix time before which no further
     #: request may start (written by workers, never by a form).
     rate_next_at: Mapped[float | None] = mapped_column(sa.Float, default=None)
+    #: Failed attempts in a row (the circuit breaker's count, reset by a
+    #: success; see :mod:`flask_webhooks.delivery.breaker`).
+    breaker_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: While set, the breaker is open: deliveries wait until this time, then
+    #: one probe attempt decides.
+    breaker_open_until: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime, default=None
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: Bumped on every change; the capture index reloads when it moves.
     updated_at: Mapped[dt.datetime] = mapped_column(
