@@ -124,6 +124,20 @@ class WebhookBase:
     collapse_updates: Mapped[bool] = mapped_column(
         default=False, server_default=sa.false()
     )
+    #: Most requests per second to this webhook, across every worker thread
+    #: and process (None: no limit). See :mod:`flask_webhooks.delivery.rate`.
+    rate_limit: Mapped[float | None] = mapped_column(default=None)
+    #: The rate limiter's state: the Unix time before which no further
+    #: request may start (written by workers, never by a form).
+    rate_next_at: Mapped[float | None] = mapped_column(sa.Float, default=None)
+    #: Failed attempts in a row (the circuit breaker's count, reset by a
+    #: success; see :mod:`flask_webhooks.delivery.breaker`).
+    breaker_failures: Mapped[int] = mapped_column(default=0, server_default="0")
+    #: While set, the breaker is open: deliveries wait until this time, then
+    #: one probe attempt decides.
+    breaker_open_until: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime, default=None
+    )
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     #: Bumped on every change; the capture index reloads when it moves.
     updated_at: Mapped[dt.datetime] = mapped_column(

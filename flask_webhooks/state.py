@@ -79,6 +79,8 @@ DEFAULTS: dict[str, t.Any] = {
     "WEBHOOKS_PROXIES": None,
     "WEBHOOKS_TRUST_ENV": False,
     "WEBHOOKS_ORDERING": "object",
+    "WEBHOOKS_BREAKER_THRESHOLD": None,
+    "WEBHOOKS_BREAKER_COOLDOWN": 60.0,
 }
 
 #: Values of ``WEBHOOKS_ORDERING``: ``"object"`` sends the deliveries of one
@@ -118,6 +120,10 @@ class Config:
     proxies: tuple[tuple[str, str], ...] = ()
     trust_env: bool = False
     ordering: str = "object"
+    #: Failed attempts in a row that open a webhook's circuit breaker.
+    breaker_threshold: int | None = None
+    #: Seconds an open breaker pauses a webhook before one probe attempt.
+    breaker_cooldown: float = 60.0
 
     @property
     def ordered(self) -> bool:
@@ -214,6 +220,12 @@ class Config:
             proxies=_proxies(c["WEBHOOKS_PROXIES"]),
             trust_env=bool(c["WEBHOOKS_TRUST_ENV"]),
             ordering=ordering,
+            breaker_threshold=(
+                number("WEBHOOKS_BREAKER_THRESHOLD", int, 1)
+                if c["WEBHOOKS_BREAKER_THRESHOLD"]
+                else None
+            ),
+            breaker_cooldown=number("WEBHOOKS_BREAKER_COOLDOWN", float, 0.01),
         )
 
 

@@ -50,6 +50,8 @@ __all__ = [
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 #: Largest per-webhook ``timeout``, in seconds.
 MAX_TIMEOUT = 300.0
+#: Largest per-webhook ``rate_limit``, in requests per second.
+MAX_RATE_LIMIT = 10000.0
 _MEDIA_TYPE = re.compile(
     r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+[ \t]*(;.*)?$"
 )
@@ -370,6 +372,23 @@ def _check_timeout(errors: dict[str, str], timeout: t.Any) -> None:
         )
 
 
+def _check_rate_limit(errors: dict[str, str], rate: t.Any) -> None:
+    if rate is None:
+        return
+    if isinstance(rate, bool) or not isinstance(rate, numbers.Real):
+        errors["rate_limit"] = (
+            "must be a number of requests per second or None, "
+            f"got {type(rate).__name__}"
+        )
+        return
+    value = float(rate)
+    if math.isnan(value) or not 0 < value <= MAX_RATE_LIMIT:
+        errors["rate_limit"] = (
+            f"must be greater than 0 and at most {MAX_RATE_LIMIT:g} requests "
+            f"per second, or empty for no limit (got {rate!r})"
+        )
+
+
 def _changed_fields(webhook: t.Any) -> set[str] | None:
     """The columns changed since ``webhook`` was loaded, or None when it is not
     a saved, mapped object (then every field counts)."""
@@ -513,6 +532,7 @@ def _validate(
         _check_ca_file(errors, ca_file)
     _check_conditions(errors, webhook.conditions)
     _check_timeout(errors, webhook.timeout)
+    _check_rate_limit(errors, getattr(webhook, "rate_limit", None))
 
     if changed is not None:
         errors = {

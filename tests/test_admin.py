@@ -372,10 +372,12 @@ def test_create_through_the_form_then_a_commit_is_delivered(
             additional_headers="X-Tenant: {{ data.name }}",
             conditions='{"attr": "name", "value": "alpha"}',
             timeout="3.5",
+            rate_limit="12.5",
         ),
     )
     assert response.status_code == 302
     hook = rows.hook("to-receiver")
+    assert hook.rate_limit == 12.5
     assert hook.models == ["site", "device"]
     assert (hook.on_create, hook.on_update, hook.on_delete) == (True, True, False)
     assert hook.secret == SECRET
@@ -412,6 +414,7 @@ def test_validation_errors_are_shown_beside_their_fields(
             signature_scheme="standard",
             new_secret="not-a-standard-secret",
             timeout="900",
+            rate_limit="0",
         ),
     )
     assert response.status_code == 200
@@ -426,6 +429,7 @@ def test_validation_errors_are_shown_beside_their_fields(
     assert "near" in ids["conditions-error"]
     assert "whsec_" in ids["new_secret-error"]
     assert "at most 300" in ids["timeout-error"]
+    assert "greater than 0" in ids["rate_limit-error"]
     # Each message sits inside its own field's group, next to the input.
     for field in ("payload_url", "conditions", "timeout", "name"):
         group = by_id(page)[f"group-{field}"]
@@ -653,6 +657,47 @@ def test_retry_all_failed_matching_the_filter(
     assert response.status_code == 302
     status = {d.webhook_name: d.status for d in rows.deliveries()}
     assert status == {"one": m.SUCCEEDED, "two": m.FAILED}
+
+
+def test_replay_matching_shows_the_count_then_resends_in_order(
+    browser: Browser,
+    new_hook: t.Callable[..., Hook],
+    commit_sites: CommitSites,
+    receiver: RecordingReceiver,
+    rows: Rows,
+) -> None:
+    one = new_hook(name="one")
+    new_hook(name="two")
+    commit_sites("a", "b", answers=[500])
+    before = [d for d in rows.deliveries() if d.webhook_name == "one"]
+    assert sorted(d.status for d in before) == [m.FAILED, m.SUCCEEDED]
+    listing = f"/admin/webhooks/deliveries/?flt0_webhook_equals={one.id}"
+    link = re.search(r'id="wh-replay"[^>]*href="([^"]+)"', browser.page(listing))
+    assert link is not None
+    target = html.unescape(link.group(1))
+    assert target == f"/admin/webhooks/deliveries/replay/?flt0_webhook_equals={one.id}"
+    # The count, before anything is sent.
+    sent = len(receiver.requests)
+    confirm = browser.page(target)
+    count = re.search(r'id="wh-replay-count">(.*?)</p>', confirm, re.S)
+    assert count is not None
+    text = " ".join(re.sub(r"<[^>]+>", "", count.group(1)).split())
+    assert text.startswith("2 deliveries (1 succeeded, 1 failed) will be sent again")
+    assert len(receiver.requests) == sent
+    # Without the token nothing happens.
+    assert browser.post(target, data={}).status_code == 302
+    assert len(receiver.requests) == sent
+
+    response = browser.post(target, data={"csrf_token": csrf_token(confirm)})
+    assert response.status_code == 302
+    got = receiver.wait_for(sent + 2)[sent:]
+    expected = sorted(before, key=lambda d: d.sequence)
+    assert [r.delivery_id for r in got] == [d.id for d in expected]
+    assert [r.body for r in got] == [bytes(d.body) for d in expected]
+    after = {d.id: d for d in rows.deliveries()}
+    assert all(after[d.id].status == m.SUCCEEDED for d in before)
+    assert all(d.attempts == 1 for d in after.values() if d.webhook_name == "two")
+    assert "Replaying 2 deliveries in sequence order." in browser.page(listing)
 
 
 def test_cancel_pending_deliveries(

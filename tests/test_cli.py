@@ -523,3 +523,72 @@ def test_prune_progress_bar_only_on_a_terminal(
     assert "3/3" in shown.stderr
     assert shown.stdout.startswith("deleted 3 deliveries (succeeded)")
     assert deliveries.all() == []
+
+
+def test_retry_since_replays_a_time_range_in_order_with_the_stored_bytes(
+    app: Flask,
+    deliver_sites: DeliverSites,
+    deliveries: Deliveries,
+    receiver: RecordingReceiver,
+    models: t.Any,
+    db: t.Any,
+) -> None:
+    old, _, b = deliver_sites("old", "a", "b", answers=[200, 200, 500])
+    site = db.session.scalar(sa.select(models.Site).where(models.Site.name == "a"))
+    for n in range(2):
+        site.name = f"a{n}"
+        db.session.commit()
+    deliveries.age(old.id, 1)
+    log = {d.id: d for d in deliveries.all()}
+    assert [d.status for d in log.values()].count(m.FAILED) == 1
+    recent = sorted(
+        (d for d in log.values() if d.id != old.id), key=lambda d: d.sequence
+    )
+    assert len(recent) == 4
+    receiver.clear()
+    runner = app.test_cli_runner()
+
+    def replay(*args: str, answer: str = "") -> Result:
+        return runner.invoke(args=["webhooks", "retry", *args], input=answer)
+
+    # The count comes first; "no" sends nothing.
+    refused = replay(
+        "--webhook", "crm", "--since", "2h", "--status", "all", answer="n\n"
+    )
+    assert refused.exit_code == 1
+    assert "4 deliveries to webhook 'crm' created " in refused.output
+    assert ": 3 succeeded, 1 failed" in refused.output
+    assert receiver.requests == []
+
+    failed_only = replay("--since", "2h", "--yes")
+    assert failed_only.exit_code == 0, failed_only.output
+    assert "1 delivery created" in failed_only.output
+    assert "queued 1 delivery for replay" in failed_only.output
+    assert [r.delivery_id for r in receiver.requests] == [b.id]
+    receiver.clear()
+
+    done = replay("--webhook", "crm", "--since", "2h", "--status", "all", answer="y\n")
+    assert done.exit_code == 0, done.output
+    assert "queued 4 deliveries for replay" in done.output
+    got = receiver.wait_for(4)
+    # Same id, same sequence, same bytes, in commit order.
+    assert [r.delivery_id for r in got] == [d.id for d in recent]
+    assert [r.sequence for r in got] == [d.sequence for d in recent]
+    assert [r.body for r in got] == [bytes(d.body) for d in recent]
+    after = {d.id: d for d in deliveries.all()}
+    assert all(after[d.id].status == m.SUCCEEDED for d in recent)
+    assert after[old.id].attempts == 1  # outside the range
+
+    nothing = replay("--since", "2h", "--until", "1h", "--yes")
+    assert nothing.exit_code == 0
+    assert nothing.output.startswith("No failed deliveries created ")
+
+
+def test_retry_since_usage_errors(cli: CLI) -> None:
+    assert cli("retry", "--until", "1h").exit_code == 2
+    assert "--until needs --since" in cli("retry", "--until", "1h").output
+    bad = cli("retry", "--since", "yesterday")
+    assert bad.exit_code == 2
+    assert "neither a duration" in bad.output
+    assert cli("retry", "--since", "2h", "some-id").exit_code == 2
+    assert cli("retry", "--failed", "--status", "all").exit_code == 2

@@ -1,7 +1,8 @@
 """The Deliveries admin screen: the delivery log, its detail page and actions.
 
 Actions (all POST with a CSRF token): retry (row button and bulk), retry every
-failed delivery matching the current filter, cancel pending deliveries.
+failed delivery matching the current filter, replay every delivery matching
+it (after a page showing the count), cancel pending deliveries.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from .. import models as m
 from ..delivery.order import newer_delivered
 from ..delivery.order import release
 from ..delivery.recovery import requeue
+from ..delivery.replay import replay
+from ..delivery.replay import REPLAYABLE
 from ..wording import plural
 from .base import AdminViewMixin
 from .base import release_session
@@ -290,6 +293,69 @@ class DeliveryView(AdminViewMixin, ModelView):
             return redirect(back)
         self._retry(ids)
         return redirect(back)
+
+    @expose("/replay/", methods=("GET", "POST"))
+    def replay_view(self) -> t.Any:
+        """Replay every delivery matching the list's filter and search.
+
+        ``GET`` shows how many match, per status, and asks to confirm;
+        ``POST`` (with the CSRF token) makes them due again in sequence
+        order: the stored bytes are sent again with the same
+        ``X-Webhook-ID`` and ``X-Webhook-Sequence``.
+        """
+        args = self._get_list_extra_args()
+        _, query = self.get_list(
+            None, None, False, args.search, args.filters, execute=False, page_size=0
+        )
+        D = self.model
+        query = query.filter(D.status.in_(REPLAYABLE)).order_by(None)
+        listing = self.get_url(".index_view", **request.args)
+        if request.method == "GET":
+            counts = {
+                status: n
+                for status, n in query.with_entities(D.status, sa.func.count())
+                .group_by(D.status)
+                .all()
+            }
+            ordered = {s: int(counts[s]) for s in m.STATUSES if counts.get(s)}
+            release_session(self.options.state)
+            return self.render(
+                "webhooks/admin/delivery_replay.html",
+                counts=ordered,
+                total=sum(ordered.values()),
+                filters=[
+                    f"{self._filters[i].name} {self._filters[i].operation()} {v}"
+                    for i, _, v in args.filters or ()
+                ],
+                search=args.search,
+                action_form=self.action_form(),
+                return_url=listing,
+            )
+        form = self.action_form()
+        if not form.validate():
+            flash(
+                "Replay refused: the form's CSRF token is missing or expired.", "error"
+            )
+            return redirect(listing)
+        ids = [
+            str(row[0])
+            for row in query.with_entities(D.id).order_by(
+                D.sequence.is_(None), D.sequence, D.created_at, D.id
+            )
+        ]
+        state = self.options.state
+        release_session(state)
+        done: list[str] = []
+        for chunk in _chunks(ids):
+            done.extend(replay(state, chunk))
+        if not done:
+            flash("Nothing to replay: no delivery matches the filter.", "info")
+            return redirect(listing)
+        message = f"Replaying {plural(len(done), 'delivery')} in sequence order."
+        if len(done) < len(ids):
+            message += f" {len(ids) - len(done)} left alone (being sent)."
+        flash(message, "success")
+        return redirect(listing)
 
     # -- detail ----------------------------------------------------------------
 

@@ -165,6 +165,12 @@ class WebhookForm(SecureForm):
         validators=[validators.Optional()],
         description="Overrides WEBHOOKS_TIMEOUT for this webhook.",
     )
+    rate_limit = FloatField(
+        "Rate limit (requests per second)",
+        validators=[validators.Optional()],
+        description="At most this many requests per second, across all "
+        "workers; queued deliveries wait. Empty: no limit.",
+    )
 
 
 def prepare_form(
@@ -218,6 +224,7 @@ def apply_form(form: t.Any, hook: t.Any) -> None:
     hook.ca_file_path = (form.ca_file_path.data or "").strip() or None
     hook.conditions = form.conditions.data if form.conditions.data != {} else None
     hook.timeout = form.timeout.data
+    hook.rate_limit = form.rate_limit.data
 
 
 def clear_disabled(hook: t.Any) -> None:

@@ -16,6 +16,7 @@ from flask_admin.form import SecureForm
 from markupsafe import Markup
 
 from .. import models as m
+from ..delivery.breaker import open_count
 from ..delivery.recovery import due_condition
 from ..worker import sweeper
 from ..worker.queue import backend_name
@@ -272,6 +273,8 @@ class StatusView(AdminViewMixin, BaseView):
                 else None
             ),
             disabled=disabled,
+            breakers=open_count(state),
+            breaker_threshold=state.config.breaker_threshold,
             csrf_form=SecureForm(),
             statuses=m.STATUSES,
             pid=os.getpid(),

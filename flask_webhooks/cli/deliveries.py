@@ -12,6 +12,12 @@ from .. import models as m
 from ..delivery.order import newer_delivered
 from ..delivery.recovery import requeue
 from ..delivery.recovery import sweep
+from ..delivery.replay import count_replay
+from ..delivery.replay import replay
+from ..delivery.replay import REPLAY_CHOICES
+from ..delivery.replay import replay_filter
+from ..delivery.replay import replay_statuses
+from ..delivery.replay import select_replay
 from ..state import get_state
 from ..wording import plural
 from .common import _clip
@@ -23,6 +29,7 @@ from .common import _queue_note
 from .common import _queue_only
 from .common import _table
 from .common import _when
+from .common import parse_duration
 from .common import webhooks_cli
 
 
@@ -139,6 +146,28 @@ _NOT_RETRIED = {
 }
 
 
+def _time_option(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> dt.datetime | None:
+    """A duration before now (``2h``) or a UTC time (``2026-05-01 12:00``)."""
+    if value is None:
+        return None
+    try:
+        return m.utcnow() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a duration (2h, 30m, 7d) nor a UTC time "
+            "(2026-05-01 12:00)",
+            ctx,
+            param,
+        ) from None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
+
+
 @webhooks_cli.command("retry")
 @click.argument("ids", nargs=-1, metavar="[ID]...")
 @click.option("--failed", is_flag=True, help="Retry every failed delivery.")
@@ -146,24 +175,68 @@ _NOT_RETRIED = {
     "--webhook",
     "webhook_ref",
     metavar="WEBHOOK",
-    help="With --failed: only this webhook (a name or an id).",
+    help="With --failed, --since or --status: only this webhook (a name or an id).",
 )
-def retry_command(ids: tuple[str, ...], failed: bool, webhook_ref: str | None) -> None:
-    """Queue failed deliveries for another attempt now.
+@click.option(
+    "--since",
+    callback=_time_option,
+    help="Replay deliveries created since this long ago (2h, 30m, 7d) or "
+    "this UTC time.",
+)
+@click.option(
+    "--until",
+    callback=_time_option,
+    help="With --since: only deliveries created before this long ago or UTC time.",
+)
+@click.option(
+    "--status",
+    "status_choice",
+    type=click.Choice(tuple(REPLAY_CHOICES)),
+    help="Which deliveries of the range to send again [default: failed].",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before replaying.")
+def retry_command(
+    ids: tuple[str, ...],
+    failed: bool,
+    webhook_ref: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    status_choice: str | None,
+    yes: bool,
+) -> None:
+    """Queue failed deliveries for another attempt now, or replay a time range.
 
     Give delivery ids (from `flask webhooks deliveries`), or --failed for all
     failed deliveries. The attempt count goes on; succeeded deliveries and
     deliveries being sent are left alone. Shows a progress bar on a terminal.
+
+    With --since (and --until, --status, --webhook) the matching deliveries
+    are replayed: their stored bytes are sent again with the same
+    X-Webhook-ID and X-Webhook-Sequence, in sequence order, after the count
+    is shown and confirmed (--yes skips the question). --status all also
+    re-sends deliveries that succeeded.
     """
-    if failed and ids:
-        raise click.UsageError("give delivery ids or --failed, not both")
-    if not failed and not ids:
+    ranged = since is not None or until is not None or status_choice is not None
+    if (failed or ranged) and ids:
         raise click.UsageError(
-            "give delivery ids (see `flask webhooks deliveries --status failed`) "
-            "or --failed"
+            "give delivery ids or a selection (--failed, --since, --status), not both"
         )
-    if webhook_ref and not failed:
-        raise click.UsageError("--webhook only works with --failed")
+    if not failed and not ids and not ranged:
+        raise click.UsageError(
+            "give delivery ids (see `flask webhooks deliveries --status failed`), "
+            "--failed, or a time range with --since"
+        )
+    if webhook_ref and not (failed or ranged):
+        raise click.UsageError(
+            "--webhook only works with --failed, --since or --status"
+        )
+    if until is not None and since is None:
+        raise click.UsageError("--until needs --since")
+    if failed and status_choice not in (None, "failed"):
+        raise click.UsageError(f"--failed contradicts --status {status_choice}")
+    if ranged:
+        _replay(webhook_ref, since, until, status_choice or "failed", yes)
+        return
     state = _queue_only(get_state())
     D = state.models.Delivery
     session = state.db.session
@@ -220,6 +293,53 @@ def retry_command(ids: tuple[str, ...], failed: bool, webhook_ref: str | None) -
         for line in problems:
             click.echo(line, err=True)
         raise click.exceptions.Exit(1)
+
+
+def _replay(
+    webhook_ref: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    status_choice: str,
+    yes: bool,
+) -> None:
+    """``retry --since``: count, confirm, then replay in sequence order."""
+    state = _queue_only(get_state())
+    hook_id = _find_webhook(state, webhook_ref).id if webhook_ref is not None else None
+    state.db.session.rollback()  # end the read transaction before writing
+    where = replay_filter(
+        state,
+        webhook_id=hook_id,
+        since=since,
+        until=until,
+        statuses=replay_statuses(status_choice),
+    )
+    counts = count_replay(state, where)
+    total = sum(counts.values())
+    span = f"created {_when(since) if since else 'ever'}"
+    span += f" to {_when(until)} UTC" if until else " UTC until now"
+    if not total:
+        click.echo(f"No {status_choice} deliveries {span}.")
+        return
+    detail = ", ".join(f"{n} {s}" for s, n in counts.items())
+    where_to = f" to webhook {webhook_ref!r}" if webhook_ref else ""
+    click.echo(f"{plural(total, 'delivery')}{where_to} {span}: {detail}")
+    if not yes:
+        click.confirm(
+            "Send them again (same bytes, X-Webhook-ID and sequence)?", abort=True
+        )
+    ids = select_replay(state, where)
+    done: list[str] = []
+    with _progress(len(ids), "Replaying") as bar:
+        for start in range(0, len(ids), RETRY_CHUNK):
+            chunk = ids[start : start + RETRY_CHUNK]
+            done.extend(replay(state, chunk))
+            bar.update(len(chunk))
+    click.echo(f"queued {plural(len(done), 'delivery')} for replay")
+    if len(done) < len(ids):
+        click.echo(f"{len(ids) - len(done)} left alone: being sent right now", err=True)
+    note = _queue_note(state)
+    if note and done:
+        click.echo(note)
 
 
 @webhooks_cli.command("sweep")

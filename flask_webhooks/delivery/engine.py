@@ -32,6 +32,7 @@ import time
 import typing as t
 
 from .. import models as m
+from . import breaker
 from .attempt import make_attempt
 from .claim import claim_many
 from .claim import claimed_webhooks
@@ -40,6 +41,8 @@ from .claim import lease_seconds
 from .claim import renew
 from .order import mark_blockers
 from .poison import record_safely
+from .rate import defer
+from .rate import take_slot
 from .results import Attempt
 from .results import Outcome
 
@@ -142,11 +145,47 @@ def deliver_batch(
     ours = {r.id for r in rows}
     waiting: list[Attempt] = []
     last_write = time.monotonic()
+    deferred: set[str] = set()
+    breakers = (
+        breaker.open_until(state, hooks) if cfg.breaker_threshold is not None else {}
+    )
+
+    def wait_behind(position: int, row: t.Any, wait: float, rate: float) -> None:
+        # This and the rest of the batch for the webhook go back to the queue.
+        later = [
+            r.id
+            for r in queue[position:]
+            if r.id in ours and r.webhook_id == row.webhook_id
+        ]
+        for i, delay in defer(state, later, lease_until, wait, rate).items():
+            outcomes[i] = Outcome(i, True, None, retry_in=delay)
+        deferred.update(later)
+        ours.difference_update(deferred)
+
     for position, row in enumerate(queue):
+        if row.id in deferred:
+            continue
         if row.id not in ours:
             outcomes[row.id] = Outcome(row.id, True, None)
             continue
         hook = hooks.get(row.webhook_id) if row.webhook_id is not None else None
+        live = hook is not None and hook.enabled
+        paused = breakers.get(row.webhook_id) if live else None
+        if paused is not None:
+            clock = m.utcnow()
+            if paused > clock or not breaker.take_probe(state, row.webhook_id, clock):
+                # Open breaker: wait for the cool-down (or the probe) to end.
+                wait = max((paused - clock).total_seconds(), 0.0)
+                wait_behind(position, row, wait or cfg.breaker_cooldown, 1000.0)
+                continue
+        rate = hook.rate_limit if hook is not None and hook.enabled else None
+        if rate:
+            slot = take_slot(state, row.webhook_id, rate)
+            if not slot.taken:
+                # No slot soon: wait in the queue (see rate.py).
+                wait_behind(position, row, slot.wait, rate)
+                continue
+            time.sleep(slot.wait)
         attempt_start = now or m.utcnow()
         if hook is not None and hook.enabled:
             need = dt.timedelta(
@@ -167,6 +206,14 @@ def deliver_batch(
             state, row, hook, attempt_start, pinned=now is not None, rng=rng
         )
         waiting.append(a)
+        if cfg.breaker_threshold is not None and a.result is not None:
+            ok = a.status == m.SUCCEEDED
+            breaker.record(state, row.webhook_id, ok, m.utcnow())
+            breakers.update(
+                {row.webhook_id: None}
+                if ok
+                else breaker.open_until(state, [row.webhook_id])
+            )
         if (
             a.status != m.SUCCEEDED
             or position == len(queue) - 1

@@ -227,7 +227,11 @@ def _chunks(ids: t.Sequence[str], size: int = CHUNK) -> t.Iterator[t.Sequence[st
 
 
 def requeue(
-    state: WebhooksState, ids: t.Sequence[str], *, now: dt.datetime | None = None
+    state: WebhooksState,
+    ids: t.Sequence[str],
+    *,
+    now: dt.datetime | None = None,
+    statuses: t.Sequence[str] = _REQUEUEABLE,
 ) -> list[str]:
     """Make deliveries due now (manual retry); returns the ids that changed.
 
@@ -236,6 +240,10 @@ def requeue(
     deliveries become ``pending``; deliveries being sent or already succeeded
     are left alone. The attempt count goes on, so a delivery that exhausted
     its schedule gets one more attempt.
+
+    :param statuses: the statuses that may be made due again (a replay,
+        :mod:`.replay`, adds ``succeeded`` and ``superseded``); ``delivering``
+        is never touched.
     """
     if not ids:
         return []
@@ -245,7 +253,10 @@ def requeue(
     changed: list[str] = []
     with state.engine().begin() as conn:
         for chunk in _chunks(list(dict.fromkeys(str(i) for i in ids))):
-            where = sa.and_(c.id.in_(chunk), c.status.in_(_REQUEUEABLE))
+            where = sa.and_(
+                c.id.in_(chunk),
+                c.status.in_([s for s in statuses if s != m.DELIVERING]),
+            )
             if _nothing_to_write(conn, D, where):
                 continue
             stmt = (
