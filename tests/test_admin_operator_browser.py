@@ -117,7 +117,7 @@ def make_traffic(
 
 
 def seed_history(webhooks: Webhooks, db: SQLAlchemy, hook_ids: t.Sequence[int]) -> int:
-    """Earlier traffic (1 to 22 hours ago, a failure burst 6 hours ago) written
+    """Earlier traffic (1 to 23 hours ago, a failure burst 6 hours ago) written
     straight into the tables; returns how many deliveries."""
     from flask_webhooks import models as m
 
@@ -125,12 +125,14 @@ def seed_history(webhooks: Webhooks, db: SQLAlchemy, hook_ids: t.Sequence[int]) 
     A = webhooks.DeliveryAttempt.__table__  # type: ignore[attr-defined]
     now = m.utcnow()
     deliveries, attempts = [], []
-    # Up to 22 h 12 min ago: inside the 24 hourly buckets at any minute.
-    for ago in range(1, 23):
+    # Each entry inside the hourly bucket ``ago`` hours before the current
+    # one, so all 23 earlier buckets have data at any minute of the hour.
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    for ago in range(1, 24):
         for hook_id in hook_ids:
             for n in range(3 + (ago * 7 + hook_id) % 9):
                 failed = (ago in (6, 7) and n % 2 == 0) or n == 5
-                at = now - dt.timedelta(hours=ago, minutes=1 + n)
+                at = hour - dt.timedelta(hours=ago) + dt.timedelta(minutes=1 + n)
                 delivery_id = m.new_id()
                 deliveries.append(
                     dict(
