@@ -1,16 +1,19 @@
 """The operator tools in Chromium: charts with data, the form's preview with
-errors beside the fields, and a secret rotation with its state.
+errors beside the fields, a secret rotation with its state, and the replay
+confirmation.
 
 Same set-up as ``test_admin_browser.py`` (live server on 127.0.0.1, memory
 queue with embedded workers, Debian's chromium driven by Playwright).
 ``WEBHOOKS_SCREENSHOTS=1`` saves ``docs/_static/admin-status-charts.png``,
-``admin-webhook-preview.png`` and ``admin-webhook-rotation.png``.
+``admin-webhook-preview.png``, ``admin-webhook-rotation.png`` and
+``admin-replay.png``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import typing as t
+from functools import partial
 from urllib.parse import urlsplit
 
 import pytest
@@ -347,3 +350,76 @@ def test_rotation_state_in_the_admin(
     (request,) = receiver.wait_for(1, timeout=PATIENCE)
     for secret in (old, new):
         StandardWebhook(secret).verify(request.body, dict(request.headers))
+
+
+def test_replay_confirmation_shows_the_count_then_resends(
+    page: t.Any,
+    live: LiveServer,
+    db: SQLAlchemy,
+    models: Models,
+    webhooks: Webhooks,
+    make_hook: t.Any,
+    receiver: RecordingReceiver,
+) -> None:
+    from playwright.sync_api import expect
+
+    hook_id = make_hook(name="inventory-sync").id
+    make_hook(name="audit-log", on_update=False)
+    D = webhooks.Delivery
+
+    def succeeded(count: int) -> list[t.Any]:
+        rows = list(db.session.scalars(sa.select(D)))
+        db.session.remove()  # a fresh snapshot next time (and no SQLite lock)
+        done = len(rows) == count and all(d.status == "succeeded" for d in rows)
+        return rows if done else []
+
+    db.session.add_all([models.Site(name="Lisbon"), models.Site(name="Porto")])
+    db.session.commit()
+    lisbon_id = db.session.scalar(sa.select(models.Site.id).filter_by(name="Lisbon"))
+    db.session.remove()
+    wait_until(partial(succeeded, 4), "4 succeeded deliveries")
+    for count, name in ((5, "Lisbon 2"), (6, "Lisbon 3")):  # later events, one object
+        db.session.get(models.Site, lisbon_id).name = name  # type: ignore[union-attr]
+        db.session.commit()
+        db.session.remove()
+        wait_until(partial(succeeded, count), f"{count} succeeded deliveries")
+    rows = succeeded(6)
+    mine = sorted(
+        (d for d in rows if d.webhook_id == hook_id), key=lambda d: d.sequence
+    )
+    assert len(mine) == 4
+    first = receiver.wait_for(6, timeout=PATIENCE)
+    sent = len(first)
+
+    page.goto(f"{live.url}/admin/webhooks/deliveries/?flt0_webhook_equals={hook_id}")
+    page.click("#wh-replay")
+    expect(page.locator("h2")).to_have_text("Replay deliveries")
+    count = page.locator("#wh-replay-count")
+    expect(count).to_contain_text("4 deliveries (4 succeeded) will be sent again")
+    expect(page.locator("#wh-replay-confirm button[type=submit]")).to_have_text(
+        "Replay 4 deliveries"
+    )
+    expect(page.locator("code.wh-replay-filter")).to_have_count(1)
+    assert len(receiver.requests) == sent  # nothing sent before confirming
+    page.set_viewport_size({"width": 1360, "height": 420})
+    shot(page, "replay")
+    page.set_viewport_size({"width": 1360, "height": 800})
+
+    page.click("#wh-replay-confirm button[type=submit]")
+    expect(page.locator(".alert-success")).to_contain_text(
+        "Replaying 4 deliveries in sequence order."
+    )
+    again = receiver.wait_for(sent + 4, timeout=PATIENCE)[sent:]
+    assert sorted(r.delivery_id or "" for r in again) == sorted(d.id for d in mine)
+    # Per object, the same ids in the original order, sequences increasing.
+    for object_id in {d.object_id for d in mine}:
+        original = [d for d in mine if d.object_id == object_id]
+        ids = {d.id for d in original}
+        got = [r for r in again if r.delivery_id in ids]
+        assert [r.delivery_id for r in got] == [d.id for d in original]
+        assert [r.sequence for r in got] == [d.sequence for d in original]
+        sequences = [r.sequence or 0 for r in got]
+        assert sequences == sorted(set(sequences))
+    by_id = {d.id: d for d in mine}
+    assert all(r.body == bytes(by_id[r.delivery_id or ""].body) for r in again)
+    assert len(receiver.requests) == sent + 4  # the other webhook stays quiet
