@@ -314,6 +314,34 @@ def test_two_publishes_are_two_deliveries_in_order_among_model_events(
     assert len({d.id for d in rows}) == 5
 
 
+@pytest.mark.parametrize("hooks", [1, 3])
+def test_publishes_of_one_object_are_numbered_in_publish_order(
+    events: Webhooks,
+    db: SQLAlchemy,
+    subscribe: t.Any,
+    receiver: RecordingReceiver,
+    hooks: int,
+) -> None:
+    # One webhook: plain rows; three: the SQL fan-out's staged rows. Either
+    # way the sequence (numbered inside the INSERT on PostgreSQL) must follow
+    # the publish order, which per-object order then keeps.
+    for _ in range(hooks):
+        subscribe("user.signed_up")
+    # A first numbered commit: PostgreSQL numbers inside the INSERT from then on.
+    events.publish("user.signed_up", {"n": -1}, object_id="41")
+    db.session.commit()
+    for n in range(8):
+        events.publish("user.signed_up", {"n": n}, object_id="42")
+    db.session.commit()
+    receiver.wait_for(9 * hooks)
+    rows = [d for d in deliveries(events, db) if d.object_id == "42"]
+    for hook_id in {d.webhook_id for d in rows}:
+        mine = sorted(
+            (d for d in rows if d.webhook_id == hook_id), key=lambda d: d.sequence
+        )
+        assert [json.loads(d.body)["data"]["n"] for d in mine] == list(range(8))
+
+
 def test_several_plain_webhooks_share_the_event_through_the_fan_out(
     events: Webhooks, db: SQLAlchemy, subscribe: t.Any, receiver: RecordingReceiver
 ) -> None:

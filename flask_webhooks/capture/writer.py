@@ -267,9 +267,14 @@ class OutboxWriter:
                     ]
             if rows:
                 # In key order, as the fan-out's copies (see _fan_out); the
-                # ids are enqueued in event order.
+                # ids are enqueued in event order. Numbered in the INSERT, the
+                # rows go in event order: the database numbers them as they
+                # come.
+                order = "id" if numbered is None else "sequence"
                 self.write(
-                    conn, sorted(rows, key=operator.itemgetter("id")), numbered=numbered
+                    conn,
+                    sorted(rows, key=operator.itemgetter(order)),
+                    numbered=numbered,
                 )
                 for r in rows:
                     if r["status"] == m.PENDING:
@@ -293,9 +298,11 @@ class OutboxWriter:
         # Staged in the order of their ids (renumbered): each copy then adds
         # to the delivery table's primary key index in key order, a sweep
         # instead of random writes (SQLite: ten webhooks 2.74 -> 2.33 x).
+        # Numbered in the INSERT, they go in event order instead: the database
+        # numbers them as they come.
+        key = operator.itemgetter(2 if numbered is None else _STAGED_SEQUENCE)
         in_key_order = (
-            (seq, *row[1:])
-            for seq, row in enumerate(sorted(staged, key=operator.itemgetter(2)))
+            (seq, *row[1:]) for seq, row in enumerate(sorted(staged, key=key))
         )
         sql, order = self._staging_statement(dialect, numbered)
         if order is None:
