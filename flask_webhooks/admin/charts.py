@@ -57,10 +57,8 @@ def nice_ceiling(value: float) -> float:
     if value <= 1:
         return 1.0
     power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if step * power >= value:
-            return float(step * power)
-    return float(10 * power)  # pragma: no cover - the loop always returns
+    # power <= value < 10 * power, so the last step always matches.
+    return float(next(s * power for s in (1, 2, 2.5, 5, 10) if s * power >= value))
 
 
 def _num(value: float) -> str:
