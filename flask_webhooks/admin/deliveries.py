@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from .. import models as m
 from ..delivery.order import newer_delivered
-from ..delivery.order import release
+from ..delivery.order import release_quietly
 from ..delivery.recovery import requeue
 from ..delivery.replay import replay
 from ..delivery.replay import REPLAYABLE
@@ -431,7 +431,7 @@ class DeliveryView(AdminViewMixin, ModelView):
                 ).rowcount
         if count:
             # The next delivery of each cancelled one's object may go now.
-            release(state, [str(i) for i in ids])
+            release_quietly(state, [str(i) for i in ids])
         skipped = len(ids) - count
         message = f"Cancelled {plural(count, 'delivery')}."
         if skipped:

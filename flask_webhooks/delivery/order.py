@@ -370,6 +370,21 @@ def release(
     return [i for i, _ in heads]
 
 
+def release_quietly(state: WebhooksState, ids: t.Sequence[str]) -> None:
+    """:func:`release`, for code whose own work is already committed: a
+    failure is logged, never raised (the sweep enqueues what it misses)."""
+    if not ids:
+        return
+    try:
+        release(state, ids)
+    except Exception:
+        logger.exception(
+            "flask-webhooks: releasing the deliveries waiting for %s failed; "
+            "sweep() will enqueue them",
+            ", ".join(ids),
+        )
+
+
 def _by_sequence(row: t.Any) -> tuple[bool, int]:
     return (row.sequence is None, row.sequence or 0)
 

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from .. import models as m
 from ..capture.index import expire_all
 from ..sanitize import scrub
-from .order import release
+from .order import release_quietly
 from .results import after_attempt
 from .results import Attempt
 from .results import clip
@@ -146,22 +146,8 @@ def fail_poisoned(state: WebhooksState, *, now: dt.datetime | None = None) -> li
             status_code=None,
             attempts=attempts,
         )
-    _release(state, [r[0] for r in found])
+    release_quietly(state, [r[0] for r in found])
     return [r[0] for r in found]
-
-
-def _release(state: WebhooksState, ids: list[str]) -> None:
-    """Let the next delivery of each ended delivery's object go (ordering)."""
-    if not ids:
-        return
-    try:
-        release(state, ids)
-    except Exception:
-        logger.exception(
-            "flask-webhooks: releasing the deliveries waiting for %s failed; "
-            "sweep() will enqueue them",
-            ", ".join(ids),
-        )
 
 
 def _hook_copy(
@@ -293,5 +279,5 @@ def fail_unrecorded(state: WebhooksState, a: Attempt, error: BaseException) -> O
         status_code=code,
         attempts=a.number,
     )
-    _release(state, [a.delivery_id])
+    release_quietly(state, [a.delivery_id])
     return Outcome(a.delivery_id, True, m.FAILED, None, a.result)

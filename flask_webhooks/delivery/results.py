@@ -27,7 +27,7 @@ from ..sanitize import scrub
 from ..sanitize import scrub_optional
 from ..transport.message import HTTPRequest
 from ..transport.message import HTTPResult
-from .order import release
+from .order import release_quietly
 
 if t.TYPE_CHECKING:
     from ..state import WebhooksState
@@ -259,15 +259,7 @@ def record(state: WebhooksState, attempts: t.Sequence[Attempt]) -> list[Outcome]
         and a.status in FINAL
         and (a.delivery_id in waited or not a.sent)
     ]
-    if done:
-        try:
-            release(state, done)
-        except Exception:
-            logger.exception(
-                "flask-webhooks: releasing the deliveries waiting for %s failed; "
-                "sweep() will enqueue them",
-                ", ".join(done),
-            )
+    release_quietly(state, done)
     return outcomes
 
 
